@@ -1,0 +1,7 @@
+"""Hierarchical sparse autoencoders for language-model activations, the scikit-learn way."""
+
+from ._estimator import HierarchicalCodes, HierarchicalSparseAutoencoder
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["HierarchicalCodes", "HierarchicalSparseAutoencoder", "__version__"]

@@ -1,0 +1,59 @@
+"""Frozen configurations handed from the estimator to the torch core.
+
+The estimator builds these from ``get_params()`` inside ``fit``; the models and the
+training loop take them instead of loose keyword arguments, so every derived value
+(``aux_k`` from ``n_features``, the warm-up length from the step count, ...) is decided
+in exactly one place and can be inspected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RoutedConfig:
+    """The routed H-SAE of Muchane et al. (paper 1): TopK parents, one child per parent."""
+
+    n_features: int
+    """Input dimension d."""
+    n_parents: int
+    """Width m of the parent (top-level) dictionary."""
+    n_children: int
+    """Children per parent (``m_low`` in the paper's code)."""
+    subspace_dim: int
+    """Dimension s of each parent's private subspace."""
+    k: int
+    """Active parents per sample (TopK)."""
+    beta: float = 0.1
+    """Weight of the parents-only reconstruction term (paper 1, Sec. 3.2)."""
+    aux_coef: float = 1 / 32
+    """AuxK coefficient (Gao et al. 2024); paper 1 uses none, 0 turns it off."""
+    aux_k: int = 0
+    """Dead parents used by AuxK per sample; the estimator sets ``min(d // 2, n_parents)``."""
+    dead_tokens: int = 10_000_000
+    """A parent that has not fired for this many training tokens counts as dead."""
+    l1_coef: float = 0.0
+    """L1 on all parent and active-expert child pre-activations (paper 1 uses 1e-3)."""
+    ortho_coef: float = 0.0
+    """Encoder/decoder bi-orthogonality penalty (paper 1 uses 0.1, Eq. 3.4)."""
+    fixed_decoder_bias: bool = False
+    """Keep ``b_dec`` at zero (paper 1's unit-norm inputs have no bias)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and schedule; knows nothing about the architecture."""
+
+    learning_rate: float
+    """Peak Adam learning rate."""
+    total_steps: int | None
+    """Steps of the cosine schedule; ``None`` means constant after warm-up (streaming)."""
+    warmup_steps: int
+    """Linear warm-up from ``learning_rate / warmup_steps`` to the peak."""
+    lr_end_factor: float = 0.1
+    """Cosine decays to this fraction of the peak (paper 1's code: ``alpha=0.1``)."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; ``0`` disables it."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8

@@ -1,0 +1,11 @@
+"""Torch modules, one architecture a file. Nothing here imports scikit-learn.
+
+Every model offers the same interface to the training loop:
+``loss(x) -> LossOutput``, ``before_optimizer_step()``, ``after_optimizer_step()``,
+``init_from_data(x)``, and ``forward(x)`` returning a NamedTuple of sparse codes.
+"""
+
+from .common import LossOutput
+from .routed import RoutedCodes, RoutedSAE
+
+__all__ = ["LossOutput", "RoutedCodes", "RoutedSAE"]

@@ -1,0 +1,149 @@
+"""Pieces every architecture shares: TopK, sparse decoding, AuxK, decoder constraints.
+
+Only torch is imported here. Shapes: B = batch, d = features, m = dictionary width,
+k = active latents per row.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class LossOutput(NamedTuple):
+    """What ``model.loss(x)`` returns to the training loop."""
+
+    loss: Tensor
+    """Scalar to minimise (has a graph)."""
+    sq_error: Tensor
+    """``sum ||x - x_hat||^2`` over the batch for the main reconstruction (no graph)."""
+    terms: dict[str, Tensor]
+    """Each term of the loss, detached, for logging."""
+
+
+def topk_relu(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``TopK_k(ReLU(pre))`` as (values, indices), each (B, k).
+
+    Rows with fewer than k positive entries get zeros in the remaining slots; those
+    slots carry no gradient because ReLU is flat there.
+    """
+    values, indices = torch.topk(pre, k, dim=-1, sorted=False)  # (B, k)
+    return F.relu(values), indices
+
+
+def sparse_decode(values: Tensor, indices: Tensor, weight: Tensor) -> Tensor:
+    """``sum_j values[:, j] * weight[indices[:, j]]`` without a dense (B, m) code.
+
+    values, indices: (B, k); weight: (m, d) -> (B, d).
+    """
+    return F.embedding_bag(indices, weight, per_sample_weights=values, mode="sum")
+
+
+@torch.no_grad()
+def normalize_rows_(weight: Tensor, eps: float = 1e-12) -> None:
+    """Rescale the last axis of ``weight`` to unit norm, in place."""
+    weight.div_(weight.norm(dim=-1, keepdim=True).clamp_min(eps))
+
+
+@torch.no_grad()
+def remove_parallel_grad_(weight: Tensor) -> None:
+    """Drop the gradient component along each row of ``weight`` (last axis).
+
+    With unit-norm rows re-imposed after every step, the radial part of the gradient
+    only fights the renormalisation (sparsify and the H-SAE code both do this).
+    """
+    if weight.grad is None:
+        return
+    sq_norm = weight.pow(2).sum(dim=-1, keepdim=True).clamp_min(1e-30)
+    parallel = (weight.grad * weight).sum(dim=-1, keepdim=True) / sq_norm
+    weight.grad.sub_(parallel * weight)
+
+
+def auxk_loss(
+    residual: Tensor, pre: Tensor, dead: Tensor, k_aux: int, decoder: Tensor
+) -> Tensor:
+    """AuxK (Gao et al. 2024, Sec. A.2): dead latents try to explain the residual.
+
+    residual: (B, d) the main reconstruction's error, detached by the caller;
+    pre: (B, m) pre-activations; dead: (m,) bool; decoder: (m, d).
+    Normalised by ``||residual||^2`` so the term is scale-free, and damped by
+    ``min(n_dead / k_aux, 1)`` as in sparsify so a few dead latents do not dominate.
+    """
+    n_dead = int(dead.sum())
+    if n_dead == 0 or k_aux == 0:
+        return pre.new_zeros(())
+    k_eff = min(k_aux, n_dead)
+    masked = pre.masked_fill(~dead, float("-inf"))  # (B, m)
+    values, indices = topk_relu(masked, k_eff)  # (B, k_eff)
+    recon = sparse_decode(values, indices, decoder)  # (B, d)
+    denom = residual.pow(2).sum().clamp_min(torch.finfo(residual.dtype).tiny)
+    scale = min(n_dead / k_aux, 1.0)
+    return scale * (residual - recon).pow(2).sum() / denom
+
+
+@torch.no_grad()
+def update_dead_counter_(counter: Tensor, indices: Tensor, values: Tensor) -> None:
+    """Add the batch's tokens to ``counter`` and zero it for every latent that fired.
+
+    counter: (m,) int64 tokens since each latent last fired; indices, values: (B, k).
+    """
+    counter += indices.shape[0]
+    counter[indices[values > 0]] = 0
+
+
+def bi_orthogonality(encoder: Tensor, decoder: Tensor) -> Tensor:
+    """``||M - diag(diag(M))||_F / (m^2 - m)`` with ``M_ij = cos(e_i, d_j)`` (paper 1, Eq. 3.4).
+
+    The reference code subtracts ``diag(M)`` as a vector (broadcast over rows); this is
+    the intended form, which zeroes the diagonal. encoder, decoder: (m, d).
+    """
+    m = encoder.shape[0]
+    if m < 2:
+        return encoder.new_zeros(())
+    cos = F.normalize(encoder, dim=-1) @ F.normalize(decoder, dim=-1).T  # (m, m)
+    off = cos - torch.diag_embed(torch.diagonal(cos))
+    return off.norm() / (m * m - m)
+
+
+@torch.no_grad()
+def geometric_median(x: Tensor, n_iter: int = 50, tol: float = 1e-6) -> Tensor:
+    """Weiszfeld iterations for the geometric median of the rows of x (n, d).
+
+    Robust to the rare huge-norm tokens of LM activations, unlike the mean.
+    """
+    median = x.mean(dim=0)
+    for _ in range(n_iter):
+        dist = (x - median).norm(dim=1).clamp_min(1e-8)  # (n,)
+        weights = 1.0 / dist
+        new = (weights[:, None] * x).sum(dim=0) / weights.sum()
+        shift = (new - median).norm()
+        median = new
+        if shift <= tol * median.norm().clamp_min(1.0):
+            break
+    return median
+
+
+@torch.no_grad()
+def spread_unit_vectors(n: int, dim: int, copies: int, generator, dtype) -> Tensor:
+    """``copies`` independent sets of ``n`` unit vectors in R^dim, each spread apart.
+
+    Farthest-point picks from a pool of 16 n random directions per set: the greedy
+    choice keeps the largest minimum angle. Returns (copies, n, dim).
+    """
+    pool = torch.randn(copies, 16 * n, dim, generator=generator, dtype=dtype)
+    normalize_rows_(pool)
+    chosen = torch.zeros(copies, n, dtype=torch.long)
+    nearest = torch.einsum("cpd,cd->cp", pool, pool[:, 0])  # cos to the nearest pick
+    for i in range(1, n):
+        chosen[:, i] = nearest.argmin(dim=1)
+        picked = pool[torch.arange(copies), chosen[:, i]]  # (copies, dim)
+        nearest = torch.maximum(nearest, torch.einsum("cpd,cd->cp", pool, picked))
+    return torch.gather(pool, 1, chosen[..., None].expand(-1, -1, dim))
+
+
+def fvu_denominator(x: Tensor) -> Tensor:
+    """``sum ||x - mean(x)||^2`` over rows, the denominator of the FVU."""
+    return (x - x.mean(dim=0)).pow(2).sum()

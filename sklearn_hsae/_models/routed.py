@@ -1,0 +1,233 @@
+"""The routed hierarchical SAE of Muchane et al. (H-SAE, arXiv 2506.01197).
+
+A TopK parent SAE; every active parent p routes the input into its own s-dimensional
+subspace ``u = W_down[p] (x - b_dec)`` where a tiny SAE over ``n_children`` unit atoms
+keeps its single best child. The child decodes through ``W_up[p]`` back to input space
+and adds to the parent's reconstruction:
+
+    x_hat = b_dec + sum_{p in K} z_p D[p] + sum_{p in K} c_p (D_child[p, c(p)] @ W_up[p])
+
+Children are only ever computed for the k active parents of a row (see ``grouped.py``);
+no tensor scales with ``n_parents * n_children`` or ``n_parents * s`` per sample.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .common import (
+    LossOutput,
+    auxk_loss,
+    bi_orthogonality,
+    geometric_median,
+    normalize_rows_,
+    remove_parallel_grad_,
+    sparse_decode,
+    spread_unit_vectors,
+    topk_relu,
+    update_dead_counter_,
+)
+from .grouped import gather_rows, make_tiling, scatter_rows, tile_size_for
+
+
+class RoutedCodes(NamedTuple):
+    """Sparse codes of a batch, both levels laid out per parent slot."""
+
+    parent_values: Tensor
+    """(B, k) parent activations (0 in unused slots)."""
+    parent_indices: Tensor
+    """(B, k) parent ids."""
+    child_values: Tensor
+    """(B, k) activation of the child chosen under the parent in the same slot."""
+    child_indices: Tensor
+    """(B, k) flat child ids ``parent * n_children + child``."""
+    x_hat: Tensor
+    """(B, d) full reconstruction."""
+    x_hat_parents: Tensor
+    """(B, d) reconstruction from the parents (and bias) alone."""
+
+
+class _Internals(NamedTuple):
+    codes: RoutedCodes
+    pre: Tensor  # (B, m) parent pre-activations
+    child_pre_active: Tensor  # (n_tiles, T, C) child pre-activations of active experts
+
+
+class RoutedSAE(nn.Module):
+    """Parameters and forward pass of the routed H-SAE; no training logic."""
+
+    def __init__(self, config, *, device=None, dtype=torch.float32):
+        super().__init__()
+        self.config = config
+        d, m = config.n_features, config.n_parents
+        c, s = config.n_children, config.subspace_dim
+        kw = {"device": device, "dtype": dtype}
+        self.W_enc = nn.Parameter(torch.empty(m, d, **kw))
+        self.b_enc = nn.Parameter(torch.empty(m, **kw))
+        self.W_dec = nn.Parameter(torch.empty(m, d, **kw))  # unit rows
+        self.b_dec = nn.Parameter(
+            torch.empty(d, **kw), requires_grad=not config.fixed_decoder_bias
+        )
+        self.W_down = nn.Parameter(torch.empty(m, s, d, **kw))  # x -> parent subspace
+        self.W_up = nn.Parameter(torch.empty(m, s, d, **kw))  # parent subspace -> x
+        self.E_child = nn.Parameter(torch.empty(m, c, s, **kw))  # child encoder
+        self.D_child = nn.Parameter(torch.empty(m, c, s, **kw))  # unit child atoms
+        self.register_buffer("tokens_since_fired", torch.zeros(m, dtype=torch.long, device=device))
+        self.register_buffer("loss_scale", torch.ones((), **kw))
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Random init; every transposed pair starts equal (as in paper 1's code).
+
+        Each parent's subspace starts orthonormal and its child atoms start spread over
+        the unit sphere of the subspace: a child that never wins the top-1 receives no
+        gradient, so atoms that start bunched together tend to stay unused.
+        """
+        dtype = self.W_dec.dtype
+        decoder = torch.randn(self.W_dec.shape, generator=generator, dtype=dtype)
+        normalize_rows_(decoder)
+        m, s, d = self.W_down.shape
+        gaussian = torch.randn(m, d, s, generator=generator, dtype=dtype)
+        down = torch.linalg.qr(gaussian).Q.transpose(1, 2)  # (m, s, d) orthonormal rows
+        if s > d:  # more subspace dims than features: QR gives d rows, pad with unit noise
+            extra = torch.randn(m, s - d, d, generator=generator, dtype=dtype)
+            normalize_rows_(extra)
+            down = torch.cat([down, extra], dim=1)
+        atoms = spread_unit_vectors(self.D_child.shape[1], s, m, generator, dtype)  # (m, C, s)
+        for name, value in {
+            "W_dec": decoder,
+            "W_enc": decoder,  # encoder = decoder transpose (Gao et al.)
+            "W_down": down,
+            "W_up": down,  # W_up = W_down^T
+            "D_child": atoms,
+            "E_child": atoms,  # E_child = D_child^T
+        }.items():
+            getattr(self, name).copy_(value)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+        self.tokens_since_fired.zero_()
+        self.loss_scale.fill_(1.0)
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor) -> None:
+        """Set b_dec to the geometric median and the loss scale to the data variance."""
+        if not self.config.fixed_decoder_bias:
+            self.b_dec.copy_(geometric_median(x))
+        center = self.b_dec
+        var = (x - x.mean(0)).pow(2).sum(1).mean()
+        if var <= 0:  # constant data: fall back to the mean squared norm (or 1)
+            var = (x - center).pow(2).sum(1).mean()
+        self.loss_scale.fill_(float(var) if var > 0 else 1.0)
+
+    # ---------------------------------------------------------------- forward
+    def _forward(self, x: Tensor) -> _Internals:
+        cfg = self.config
+        B = x.shape[0]
+        xc = x - self.b_dec  # (B, d)
+        pre = xc @ self.W_enc.T + self.b_enc  # (B, m)
+        values, indices = topk_relu(pre, cfg.k)  # (B, k)
+        x_par = sparse_decode(values, indices, self.W_dec) + self.b_dec  # (B, d)
+
+        # Active (row, parent) pairs, one per non-zero TopK slot.
+        flat_slot = torch.nonzero(values.reshape(-1) > 0).squeeze(1)  # (N,)
+        expert = indices.reshape(-1)[flat_slot]  # (N,)
+        row = torch.div(flat_slot, cfg.k, rounding_mode="floor")  # (N,)
+        tiling = make_tiling(expert, cfg.n_parents, tile_size_for(len(expert), cfg.n_parents))
+        g = tiling.expert  # (n_tiles,)
+
+        xt = gather_rows(xc, row, tiling)  # (n_tiles, T, d)
+        u = torch.bmm(xt, self.W_down[g].transpose(1, 2))  # (n_tiles, T, s)
+        child_pre = torch.bmm(u, self.E_child[g].transpose(1, 2))  # (n_tiles, T, C)
+        child_act, child_arg = F.relu(child_pre).max(dim=-1)  # (n_tiles, T)
+        child_act = child_act * tiling.valid
+        atom = self.D_child[g[:, None], child_arg]  # (n_tiles, T, s)
+        y = torch.bmm(child_act[..., None] * atom, self.W_up[g])  # (n_tiles, T, d)
+        x_hat = x_par + scatter_rows(y, row, tiling, B)  # (B, d)
+
+        # Back to the (B, k) slot layout of the parents.
+        t, sl = tiling.tile_of_pair, tiling.slot_of_pair
+        child_values = values.new_zeros(B * cfg.k)
+        child_values[flat_slot] = child_act[t, sl]
+        child_indices = torch.zeros_like(indices).reshape(-1)
+        child_indices[flat_slot] = expert * cfg.n_children + child_arg[t, sl]
+        codes = RoutedCodes(
+            values,
+            indices,
+            child_values.view(B, cfg.k),
+            child_indices.view(B, cfg.k),
+            x_hat,
+            x_par,
+        )
+        return _Internals(codes, pre, child_pre * tiling.valid[..., None])
+
+    def forward(self, x: Tensor) -> RoutedCodes:
+        return self._forward(x).codes
+
+    # ------------------------------------------------------------------- loss
+    def loss(self, x: Tensor) -> LossOutput:
+        """Paper 1's objective plus AuxK on dead parents (Gao et al.).
+
+        ``||x - x_hat||^2 + beta ||x - x_hat_parents||^2`` per row, divided by the data
+        variance measured at initialisation so the terms read as fractions of variance.
+        """
+        cfg = self.config
+        inner = self._forward(x)
+        codes = inner.codes
+        B = x.shape[0]
+        err = x - codes.x_hat
+        sq_error = err.pow(2).sum()
+        recon = sq_error / (B * self.loss_scale)
+        parents_only = (x - codes.x_hat_parents).pow(2).sum() / (B * self.loss_scale)
+        total = recon + cfg.beta * parents_only
+        terms = {"recon": recon, "parents_only": parents_only}
+
+        update_dead_counter_(self.tokens_since_fired, codes.parent_indices, codes.parent_values)
+        if cfg.aux_coef > 0:
+            dead = self.tokens_since_fired > cfg.dead_tokens
+            aux = auxk_loss(err.detach(), inner.pre, dead, cfg.aux_k, self.W_dec)
+            total = total + cfg.aux_coef * aux
+            terms["auxk"] = aux
+        if cfg.l1_coef > 0:
+            # L1 on every parent pre-activation and the active experts' children, in
+            # units of the data's RMS norm so the coefficient is scale-free.
+            l1 = F.relu(inner.pre).sum() + F.relu(inner.child_pre_active).sum()
+            l1 = l1 / (B * self.loss_scale.sqrt())
+            total = total + cfg.l1_coef * l1
+            terms["l1"] = l1
+        if cfg.ortho_coef > 0:
+            ortho = bi_orthogonality(self.W_enc, self.W_dec)
+            total = total + cfg.ortho_coef * ortho
+            terms["ortho"] = ortho
+        return LossOutput(total, sq_error.detach(), {k: v.detach() for k, v in terms.items()})
+
+    # ---------------------------------------------------------- constraints
+    def before_optimizer_step(self) -> None:
+        remove_parallel_grad_(self.W_dec)
+        remove_parallel_grad_(self.D_child)
+
+    def after_optimizer_step(self) -> None:
+        normalize_rows_(self.W_dec)
+        normalize_rows_(self.D_child)
+
+    # ------------------------------------------------------------- exports
+    @torch.no_grad()
+    def child_directions(self) -> tuple[Tensor, Tensor]:
+        """Each child's decoder vector in input space, as unit rows and norms.
+
+        Returns (directions (m * C, d), norms (m * C,)): ``D_child[p, c] @ W_up[p]``.
+        """
+        vectors = torch.bmm(self.D_child, self.W_up)  # (m, C, d)
+        vectors = vectors.reshape(-1, vectors.shape[-1])  # (m * C, d)
+        norms = vectors.norm(dim=1)
+        return vectors / norms.clamp_min(1e-12)[:, None], norms
+
+    @torch.no_grad()
+    def child_norms(self) -> Tensor:
+        """``||D_child[p, c] @ W_up[p]||`` for all children, (m * C,), via s x s Grams."""
+        gram = torch.bmm(self.W_up, self.W_up.transpose(1, 2))  # (m, s, s)
+        sq = torch.einsum("pcs,pst,pct->pc", self.D_child, gram, self.D_child)  # (m, C)
+        return sq.clamp_min(0).sqrt().reshape(-1)

@@ -1,0 +1,222 @@
+"""The routed H-SAE core against a plain dense implementation of the same math."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from sklearn_hsae._config import RoutedConfig
+from sklearn_hsae._models import RoutedSAE
+from sklearn_hsae._models.grouped import make_tiling, tile_size_for
+
+
+def make_model(seed=0, dtype=torch.float64, **overrides):
+    cfg = dict(n_features=12, n_parents=7, n_children=5, subspace_dim=3, k=3, aux_k=4)
+    cfg.update(overrides)
+    config = RoutedConfig(**cfg)
+    model = RoutedSAE(config, dtype=dtype)
+    gen = torch.Generator().manual_seed(seed)
+    model.reset_parameters(gen)
+    with torch.no_grad():  # move every parameter off its tied init, biases included
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=dtype))
+    x = torch.randn(9, config.n_features, generator=gen, dtype=dtype)
+    model.init_from_data(x)
+    return model, x
+
+
+def dense_reference(model, x):
+    """Every parent's children computed densely, then masked by the parent TopK."""
+    cfg = model.config
+    xc = x - model.b_dec
+    pre = xc @ model.W_enc.T + model.b_enc  # (B, m)
+    vals, idx = torch.topk(pre, cfg.k, dim=1)
+    vals = F.relu(vals)
+    z = torch.zeros_like(pre).scatter(1, idx, vals)  # (B, m) dense parent code
+    x_par = z @ model.W_dec + model.b_dec
+    u = torch.einsum("psd,bd->bps", model.W_down, xc)  # (B, m, s)
+    child_pre = torch.einsum("pcs,bps->bpc", model.E_child, u)  # (B, m, C)
+    act, arg = F.relu(child_pre).max(dim=2)  # (B, m)
+    act = act * (z > 0)
+    atom = model.D_child[torch.arange(cfg.n_parents), arg]  # (B, m, s)
+    out = torch.einsum("bp,bps,psd->bd", act, atom, model.W_up)
+    x_hat = x_par + out
+    child_pre_active = child_pre * (z > 0)[..., None]
+    return z, act, arg, x_par, x_hat, pre, child_pre_active
+
+
+def dense_loss(model, x):
+    cfg = model.config
+    z, act, arg, x_par, x_hat, pre, child_pre_active = dense_reference(model, x)
+    B = x.shape[0]
+    recon = (x - x_hat).pow(2).sum() / (B * model.loss_scale)
+    parents_only = (x - x_par).pow(2).sum() / (B * model.loss_scale)
+    total = recon + cfg.beta * parents_only
+    l1 = (F.relu(pre).sum() + F.relu(child_pre_active).sum()) / (B * model.loss_scale.sqrt())
+    total = total + cfg.l1_coef * l1
+    e = F.normalize(model.W_enc, dim=1) @ F.normalize(model.W_dec, dim=1).T
+    off = e - torch.diag(torch.diag(e))
+    m = cfg.n_parents
+    total = total + cfg.ortho_coef * off.norm() / (m * m - m)
+    return total
+
+
+def test_forward_matches_dense_reference():
+    model, x = make_model()
+    codes = model(x)
+    z, act, arg, x_par, x_hat, *_ = dense_reference(model, x)
+    torch.testing.assert_close(codes.x_hat, x_hat)
+    torch.testing.assert_close(codes.x_hat_parents, x_par)
+    B, k = codes.parent_values.shape
+    dense_parent = torch.zeros_like(z).scatter(1, codes.parent_indices, codes.parent_values)
+    torch.testing.assert_close(dense_parent, z)
+    for b in range(B):
+        for j in range(k):
+            p = int(codes.parent_indices[b, j])
+            if codes.parent_values[b, j] > 0:
+                assert int(codes.child_indices[b, j]) == p * 5 + int(arg[b, p])
+                torch.testing.assert_close(codes.child_values[b, j], act[b, p])
+            else:
+                assert codes.child_values[b, j] == 0
+
+
+@pytest.mark.parametrize("l1_coef, ortho_coef", [(0.0, 0.0), (0.01, 0.5)])
+def test_gradients_match_dense_reference(l1_coef, ortho_coef):
+    model, x = make_model(l1_coef=l1_coef, ortho_coef=ortho_coef, aux_coef=0.0, beta=0.3)
+    model.loss(x).loss.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    dense_loss(model, x).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ours[name], p.grad, msg=f"gradient of {name}")
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_gradients_match_finite_differences():
+    model, x = make_model(aux_coef=0.0)
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+
+    def loss_of(flat):
+        chunks = torch.split(flat, [int(np.prod(s)) for s in shapes])
+        params = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
+        return torch.func.functional_call(model, params, (x,), strict=False).x_hat.pow(2).sum()
+
+    # The loss as the training loop sees it, through a functional call.
+    def full_loss(flat):
+        chunks = torch.split(flat, [int(np.prod(s)) for s in shapes])
+        params = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
+        with torch.nn.utils.stateless._reparametrize_module(model, params):
+            return model.loss(x).loss
+
+    flat = torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
+    for fn in (loss_of, full_loss):
+        point = flat.clone().requires_grad_(True)
+        fn(point).backward()
+        analytic = point.grad
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(5):  # directional derivatives along random directions
+            v = torch.randn(flat.shape, generator=gen, dtype=flat.dtype)
+            eps = 1e-6
+            with torch.no_grad():
+                numeric = (fn(flat + eps * v) - fn(flat - eps * v)) / (2 * eps)
+            assert float(numeric) == pytest.approx(float(analytic @ v), rel=1e-5, abs=1e-8)
+
+
+def test_auxk_revives_dead_parents_only():
+    model, x = make_model(aux_coef=1.0, dead_tokens=0, n_parents=20, k=1)
+    with torch.no_grad():
+        model.tokens_since_fired.fill_(100)
+    codes = model(x)
+    fired = torch.unique(codes.parent_indices[codes.parent_values > 0])
+    dead = torch.ones(20, dtype=torch.bool)
+    dead[fired] = False
+    assert 0 < dead.sum() < 20
+    out = model.loss(x)
+    assert out.terms["auxk"] > 0
+    counter = model.tokens_since_fired
+    assert torch.all(counter[fired] == 0)
+    assert torch.all(counter[dead] == 100 + x.shape[0])
+    # Dead parents' encoder rows learn only through AuxK.
+    out.loss.backward()
+    assert model.W_enc.grad[dead].abs().sum() > 0
+    without, _ = make_model(aux_coef=0.0, dead_tokens=0, n_parents=20, k=1)
+    without.loss(x).loss.backward()
+    assert without.W_enc.grad[dead].abs().sum() == 0
+
+
+def test_decoder_constraints():
+    model, x = make_model()
+    model.loss(x).loss.backward()
+    model.before_optimizer_step()
+    for w in (model.W_dec, model.D_child):
+        radial = (w.grad * w).sum(-1) / w.norm(dim=-1)
+        torch.testing.assert_close(radial, torch.zeros_like(radial))
+    with torch.no_grad():
+        model.W_dec.mul_(3.0)
+        model.D_child.mul_(0.5)
+    model.after_optimizer_step()
+    for w in (model.W_dec, model.D_child):
+        torch.testing.assert_close(w.norm(dim=-1), torch.ones(w.shape[:-1], dtype=w.dtype))
+
+
+def test_child_directions_and_norms_agree():
+    model, _ = make_model()
+    directions, norms = model.child_directions()
+    torch.testing.assert_close(model.child_norms(), norms)
+    torch.testing.assert_close(directions.norm(dim=1), torch.ones_like(norms))
+    p, c = 4, 2
+    vector = model.D_child[p, c] @ model.W_up[p]
+    torch.testing.assert_close(directions[p * 5 + c] * norms[p * 5 + c], vector.detach())
+
+
+@pytest.mark.parametrize("n_pairs, n_experts, tile", [(0, 4, 1), (1, 3, 1), (50, 7, 4), (97, 5, 16)])
+def test_tiling_covers_every_pair_once(n_pairs, n_experts, tile):
+    gen = torch.Generator().manual_seed(n_pairs)
+    expert = torch.randint(n_experts, (n_pairs,), generator=gen)
+    t = make_tiling(expert, n_experts, tile)
+    slots = t.pair[t.valid]
+    assert sorted(slots.tolist()) == list(range(n_pairs))
+    assert torch.all(t.expert[t.tile_of_pair] == expert)
+    assert torch.all(t.pair[t.tile_of_pair, t.slot_of_pair] == torch.arange(n_pairs))
+    counts = torch.bincount(expert, minlength=n_experts)
+    assert t.pair.shape[0] == int(((counts + tile - 1) // tile).sum())
+
+
+def test_tile_size_is_a_small_power_of_two():
+    assert tile_size_for(0, 10) == 1
+    assert tile_size_for(64 * 32, 64) == 16
+    assert tile_size_for(10**7, 10) == 64
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any torch op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = (0, None)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.numel() > self.largest[0]:
+                self.largest = (t.numel(), (str(func), tuple(t.shape)))
+        return out
+
+
+def test_children_are_computed_only_for_active_parents():
+    # Wide model: a dense child computation would need B * m * s = 2.1M or
+    # B * m * C = 8.4M entries; parameters hold at most m * C * s = 1M.
+    B, d, m, C, s, k = 64, 16, 4096, 32, 8, 4
+    config = RoutedConfig(n_features=d, n_parents=m, n_children=C, subspace_dim=s, k=k, aux_k=8)
+    model = RoutedSAE(config)
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    x = torch.randn(B, d)
+    model.init_from_data(x)
+    with _LargestTensor() as probe:
+        out = model.loss(x)
+        out.loss.backward()
+    largest, where = probe.largest
+    assert largest <= m * C * s, where  # parameter-sized at most
+    assert largest < B * m * s
