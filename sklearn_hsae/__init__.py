@@ -1,7 +1,13 @@
 """Hierarchical sparse autoencoders for language-model activations, the scikit-learn way."""
 
+from ._baselines import SparseAutoencoder
 from ._estimator import HierarchicalCodes, HierarchicalSparseAutoencoder
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["HierarchicalCodes", "HierarchicalSparseAutoencoder", "__version__"]
+__all__ = [
+    "HierarchicalCodes",
+    "HierarchicalSparseAutoencoder",
+    "SparseAutoencoder",
+    "__version__",
+]

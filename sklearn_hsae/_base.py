@@ -250,6 +250,12 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         self._model_state = _to_numpy(trainer.model.state_dict())
         self._export_fitted(trainer.model)
 
+    def _public_intercept(self, b_dec: np.ndarray) -> np.ndarray:
+        """The decoder bias in input units (zero for per-row unit scaling)."""
+        if self.normalize == "unit":
+            return np.zeros_like(b_dec)
+        return b_dec / self.scale_ if self.normalize == "global" else b_dec.copy()
+
     # ------------------------------------------------------------- encoding
     def _encode_blocks(self, X):
         """Yield (codes, row_scale, x_scaled, context) per batch of X, without gradients.
@@ -257,7 +263,7 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         ``context`` is whatever ``_encode_context(model)`` precomputes once per call.
         """
         device, dtype = self._device(), _DTYPES[self.dtype]
-        model = self._model_from_state(self._model_state, device)
+        model = self._model_from_state(self._model_state, device).eval()
         with torch.no_grad():
             context = self._encode_context(model)
             for rows in iter_batches(X.shape[0], self.batch_size):
@@ -347,6 +353,26 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
             err += float((x_orig - x_hat).pow(2).sum())
             total += float((x_orig - torch.from_numpy(mean).to(x_orig.device)).pow(2).sum())
         return 1.0 - err / total if total > 0 else (1.0 if err == 0 else -np.inf)
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the code columns, in the order of ``transform``.
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Only checked against the names seen in ``fit``.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+            One name per column of ``transform``.
+        """
+        check_is_fitted(self)
+        default = super().get_feature_names_out(input_features)  # validates input_features
+        return self._code_names(default)
+
+    def _code_names(self, default: np.ndarray) -> np.ndarray:
+        return default
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

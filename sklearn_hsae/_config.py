@@ -57,3 +57,23 @@ class TrainConfig:
     """Global gradient-norm clip; ``0`` disables it."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class FlatConfig:
+    """A flat SAE: TopK (Gao et al.), BatchTopK (Bussmann et al.), optionally Matryoshka."""
+
+    n_features: int
+    n_latents: int
+    k: int
+    """Active latents per row (TopK) or on average per row (BatchTopK)."""
+    activation: str = "topk"
+    """``"topk"`` or ``"batchtopk"``."""
+    prefixes: tuple[int, ...] = ()
+    """Matryoshka nested widths, increasing, ending with ``n_latents``; empty = plain."""
+    aux_coef: float = 1 / 32
+    aux_k: int = 0
+    dead_tokens: int = 10_000_000
+    threshold_momentum: float = 0.99
+    """BatchTopK: EMA momentum of the inference threshold."""
+    fixed_decoder_bias: bool = False

@@ -223,11 +223,6 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         self.child_parent_ = np.repeat(np.arange(self.n_parents), self.n_children)
         self.intercept_ = self._public_intercept(state["b_dec"])
 
-    def _public_intercept(self, b_dec: np.ndarray) -> np.ndarray:
-        if self.normalize == "unit":
-            return np.zeros_like(b_dec)
-        return b_dec / self.scale_ if self.normalize == "global" else b_dec.copy()
-
     def _level_widths(self) -> tuple[int, int]:
         return self.n_parents, self.n_parents * self.n_children
 
@@ -265,21 +260,7 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         levels = self._encode_levels(X)
         return HierarchicalCodes(levels[0], levels[1], levels)
 
-    def get_feature_names_out(self, input_features=None):
-        """Names of the code columns: ``<prefix>_parent{p}`` then ``<prefix>_child{p}.{c}``.
-
-        Parameters
-        ----------
-        input_features : array-like of str or None, default=None
-            Only checked against the names seen in ``fit``.
-
-        Returns
-        -------
-        feature_names_out : ndarray of str objects
-            One name per column of ``transform``.
-        """
-        check_is_fitted(self)
-        super().get_feature_names_out(input_features)  # validates input_features
+    def _code_names(self, default):
         prefix = type(self).__name__.lower()
         names = [f"{prefix}_parent{p}" for p in range(self.n_parents)]
         names += [

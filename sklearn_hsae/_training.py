@@ -57,6 +57,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
+        self.model.train()
         out = self.model.loss(x)
         out.loss.backward()
         self.model.before_optimizer_step()

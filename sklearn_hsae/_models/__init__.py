@@ -6,6 +6,7 @@ Every model offers the same interface to the training loop:
 """
 
 from .common import LossOutput
+from .flat import FlatCodes, FlatSAE
 from .routed import RoutedCodes, RoutedSAE
 
-__all__ = ["LossOutput", "RoutedCodes", "RoutedSAE"]
+__all__ = ["FlatCodes", "FlatSAE", "LossOutput", "RoutedCodes", "RoutedSAE"]

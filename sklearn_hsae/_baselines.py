@@ -1,0 +1,201 @@
+"""SparseAutoencoder: the flat TopK / BatchTopK / Matryoshka baselines, same contract."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
+
+from ._base import BaseSparseAutoencoder
+from ._config import FlatConfig
+from ._models.flat import FlatSAE
+from ._sparse import codes_to_csr
+
+_DEAD_TOKENS = 10_000_000
+
+
+class SparseAutoencoder(BaseSparseAutoencoder):
+    """Flat sparse autoencoder: TopK, BatchTopK or Matryoshka, for fair baselines.
+
+    The same training loop, input scaling, AuxK and decoder constraints as
+    :class:`HierarchicalSparseAutoencoder`, without the hierarchy, so comparisons
+    between the two measure the architecture and nothing else.
+
+    Parameters
+    ----------
+    n_components : int, default=4096
+        Dictionary width.
+    k : int, default=32
+        Active latents per row (``"topk"``) or on average per row (``"batchtopk"``).
+    activation : {"topk", "batchtopk"}, default="topk"
+        ``"topk"`` keeps the k largest ReLU pre-activations of every row (Gao et al.
+        2024). ``"batchtopk"`` keeps the ``batch_size * k`` largest of each training
+        batch and, at inference, every activation above ``threshold_``, an average of
+        the smallest value the batch top-k kept (Bussmann et al. 2024).
+    matryoshka_prefixes : list of int, list of float or None, default=None
+        Nested dictionary widths below ``n_components`` (ints), or fractions of it
+        (floats in (0, 1), rounded); the loss adds the reconstruction error of every
+        prefix ``components_[:m]`` to the full one (Bussmann et al. 2025).
+    max_iter : int, default=10
+        Epochs over the data in ``fit``.
+    batch_size : int, default=1024
+        Rows per optimiser step, and per block in ``transform``.
+    learning_rate : float or "auto", default="auto"
+        Peak Adam learning rate; ``"auto"`` is ``2e-4 / sqrt(n_components / 2**14)``.
+    aux_coef : float, default=1/32
+        Weight of the AuxK loss that revives dead latents; 0 disables it.
+    normalize : {"global", "unit"} or None, default="global"
+        Input scaling, as in :class:`HierarchicalSparseAutoencoder`.
+    device : str or torch.device, default="auto"
+        Where to train and encode; ``"auto"`` uses CUDA when available.
+    dtype : {"float32", "float64"}, default="float32"
+        Compute dtype of the torch core.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the weights and the batch order.
+    verbose : int, default=0
+        Show a progress bar with the running loss and FVU.
+    warm_start : bool, default=False
+        Start ``fit`` from the previous solution.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features)
+        Unit-norm decoder directions.
+    intercept_ : ndarray of shape (n_features,)
+        Decoder bias in input units.
+    threshold_ : float
+        Inference threshold of ``"batchtopk"`` in the scaled units the encoder sees
+        (0.0 for ``"topk"``).
+    scale_ : float
+        Input scaling factor learned by ``normalize="global"`` (1.0 otherwise).
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when X has string feature names.
+    n_iter_ : int
+        Epochs run by ``fit`` (or ``partial_fit`` calls made).
+    n_steps_ : int
+        Optimiser steps taken so far.
+    loss_curve_ : list of float
+        Mean training loss of every epoch (or ``partial_fit`` call).
+
+    See Also
+    --------
+    HierarchicalSparseAutoencoder : The hierarchical models.
+
+    Examples
+    --------
+    >>> from sklearn_hsae import SparseAutoencoder
+    >>> from sklearn_hsae.datasets import make_hierarchical_activations
+    >>> X, *_ = make_hierarchical_activations(n_samples=500, random_state=0)
+    >>> sae = SparseAutoencoder(n_components=48, k=6, max_iter=2, random_state=0).fit(X)
+    >>> sae.transform(X).shape
+    (500, 48)
+    """
+
+    _parameter_constraints: dict = {
+        **BaseSparseAutoencoder._parameter_constraints,
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "k": [Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions({"topk", "batchtopk"})],
+        "matryoshka_prefixes": ["array-like", None],
+    }
+
+    _model_class = FlatSAE
+
+    def __init__(
+        self,
+        n_components=4096,
+        *,
+        k=32,
+        activation="topk",
+        matryoshka_prefixes=None,
+        max_iter=10,
+        batch_size=1024,
+        learning_rate="auto",
+        aux_coef=1 / 32,
+        normalize="global",
+        device="auto",
+        dtype="float32",
+        random_state=None,
+        verbose=0,
+        warm_start=False,
+    ):
+        self.n_components = n_components
+        self.k = k
+        self.activation = activation
+        self.matryoshka_prefixes = matryoshka_prefixes
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.aux_coef = aux_coef
+        self.normalize = normalize
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    def _prefixes(self) -> tuple[int, ...]:
+        """Matryoshka widths as increasing ints ending with ``n_components`` (or empty)."""
+        if self.matryoshka_prefixes is None:
+            return ()
+        given = np.asarray(self.matryoshka_prefixes)
+        n = self.n_components
+        if given.ndim != 1 or given.size == 0 or given.dtype.kind not in "iuf":
+            raise ValueError(
+                "matryoshka_prefixes must be a non-empty 1-d list of widths (ints) or "
+                f"fractions of n_components (floats in (0, 1)), got {self.matryoshka_prefixes!r}."
+            )
+        if given.dtype.kind == "f":
+            if not np.all((given > 0) & (given < 1)):
+                raise ValueError(
+                    f"Fractional matryoshka_prefixes must lie in (0, 1), got {given.tolist()}."
+                )
+            # A fraction names a shape: tiny dictionaries have fewer distinct levels.
+            widths = sorted({max(1, int(round(f * n))) for f in given} - {n})
+        else:
+            widths = [int(w) for w in given]
+            if any(a >= b for a, b in zip(widths, widths[1:])) or widths[0] < 1 or widths[-1] >= n:
+                raise ValueError(
+                    "matryoshka_prefixes must increase strictly and lie in [1, n_components="
+                    f"{n}), got {given.tolist()}."
+                )
+        return (*widths, n)
+
+    def _check_sizes(self, n_features: int) -> None:
+        if self.k > self.n_components:
+            raise ValueError(f"k={self.k} cannot exceed n_components={self.n_components}.")
+        self._prefixes()
+
+    def _topk_width(self) -> int:
+        return self.n_components
+
+    def _model_config(self, n_features: int, n_samples: int) -> FlatConfig:
+        return FlatConfig(
+            n_features=n_features,
+            n_latents=self.n_components,
+            k=self.k,
+            activation=self.activation,
+            prefixes=self._prefixes(),
+            aux_coef=self.aux_coef,
+            aux_k=min(max(1, n_features // 2), self.n_components),
+            dead_tokens=min(_DEAD_TOKENS, max(n_samples, self.batch_size)),
+            fixed_decoder_bias=self.normalize == "unit",
+        )
+
+    def _export_fitted(self, model: FlatSAE) -> None:
+        state = self._model_state
+        self.components_ = state["W_dec"].copy()
+        self.intercept_ = self._public_intercept(state["b_dec"])
+        self.threshold_ = float(state["threshold"])
+
+    def _level_widths(self) -> tuple[int]:
+        return (self.n_components,)
+
+    def _components_stack(self) -> np.ndarray:
+        return self.components_
+
+    def _block_levels(self, codes, row_scale, dtype, context) -> list:
+        return [codes_to_csr(codes.values, codes.indices, self.n_components, dtype, row_scale)]

@@ -1,0 +1,143 @@
+"""Flat SAE baselines: TopK, BatchTopK and Matryoshka on one module.
+
+- TopK (Gao et al. 2024): keep the k largest ReLU pre-activations of every row.
+- BatchTopK (Bussmann et al. 2024): keep the ``B * k`` largest of the whole batch while
+  training, so rows may use more or fewer than k; at inference a fixed threshold (an EMA
+  of the smallest activation the batch top-k kept) makes every row independent.
+- Matryoshka (Bussmann et al. 2025): the loss sums the reconstruction errors of nested
+  prefixes of the dictionary, so early latents learn to stand on their own.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .common import (
+    LossOutput,
+    auxk_loss,
+    geometric_median,
+    normalize_rows_,
+    remove_parallel_grad_,
+    sparse_decode,
+    topk_relu,
+    update_dead_counter_,
+)
+
+
+class FlatCodes(NamedTuple):
+    values: Tensor
+    """(B, k') activations, zero in unused slots."""
+    indices: Tensor
+    """(B, k') latent ids."""
+    x_hat: Tensor
+    """(B, d) reconstruction."""
+
+
+class FlatSAE(nn.Module):
+    """Encoder, unit-row decoder, biases; TopK / BatchTopK selection; no training logic."""
+
+    def __init__(self, config, *, device=None, dtype=torch.float32):
+        super().__init__()
+        self.config = config
+        m, d = config.n_latents, config.n_features
+        kw = {"device": device, "dtype": dtype}
+        self.W_enc = nn.Parameter(torch.empty(m, d, **kw))
+        self.b_enc = nn.Parameter(torch.empty(m, **kw))
+        self.W_dec = nn.Parameter(torch.empty(m, d, **kw))
+        self.b_dec = nn.Parameter(torch.empty(d, **kw), requires_grad=not config.fixed_decoder_bias)
+        self.register_buffer("tokens_since_fired", torch.zeros(m, dtype=torch.long, device=device))
+        self.register_buffer("loss_scale", torch.ones((), **kw))
+        self.register_buffer("threshold", torch.zeros((), **kw))
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        decoder = torch.randn(self.W_dec.shape, generator=generator, dtype=self.W_dec.dtype)
+        normalize_rows_(decoder)
+        self.W_dec.copy_(decoder)
+        self.W_enc.copy_(decoder)  # encoder = decoder transpose (Gao et al.)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+        self.tokens_since_fired.zero_()
+        self.loss_scale.fill_(1.0)
+        self.threshold.zero_()
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor) -> None:
+        if not self.config.fixed_decoder_bias:
+            self.b_dec.copy_(geometric_median(x))
+        var = (x - x.mean(0)).pow(2).sum(1).mean()
+        if var <= 0:
+            var = (x - self.b_dec).pow(2).sum(1).mean()
+        self.loss_scale.fill_(float(var) if var > 0 else 1.0)
+
+    # ---------------------------------------------------------------- encode
+    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+        k = self.config.k
+        if self.config.activation == "topk":
+            return topk_relu(pre, k)
+        act = F.relu(pre)
+        if self.training:
+            # Batch top-(B k): the smallest kept value is this batch's threshold.
+            n_keep = min(k * pre.shape[0], act.numel())
+            cut = torch.topk(act.reshape(-1), n_keep, sorted=False).values.min()
+            keep = act >= cut
+            self._update_threshold(cut)
+        else:
+            keep = act > self.threshold
+        act = act * keep
+        width = max(1, int(keep.sum(dim=1).max()))  # most latents any row kept
+        values, indices = torch.topk(act, min(width, act.shape[1]), dim=1, sorted=False)
+        return values, indices
+
+    @torch.no_grad()
+    def _update_threshold(self, cut: Tensor) -> None:
+        if cut <= 0:
+            return
+        if self.threshold == 0:
+            self.threshold.copy_(cut)
+        else:
+            self.threshold.lerp_(cut, 1 - self.config.threshold_momentum)
+
+    def _encode(self, x: Tensor):
+        pre = (x - self.b_dec) @ self.W_enc.T + self.b_enc  # (B, m)
+        values, indices = self._select(pre)  # (B, k')
+        return pre, values, indices
+
+    def forward(self, x: Tensor) -> FlatCodes:
+        _, values, indices = self._encode(x)
+        return FlatCodes(values, indices, sparse_decode(values, indices, self.W_dec) + self.b_dec)
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, x: Tensor) -> LossOutput:
+        cfg = self.config
+        pre, values, indices = self._encode(x)
+        x_hat = sparse_decode(values, indices, self.W_dec) + self.b_dec
+        err = x - x_hat
+        sq_error = err.pow(2).sum()
+        norm = x.shape[0] * self.loss_scale
+        recon = sq_error / norm
+        terms = {"recon": recon}
+        total = recon
+        for width in cfg.prefixes[:-1]:  # Matryoshka: every shorter prefix on its own
+            inside = values * (indices < width)
+            part = sparse_decode(inside, indices, self.W_dec) + self.b_dec
+            prefix_loss = (x - part).pow(2).sum() / norm
+            terms[f"prefix{width}"] = prefix_loss
+            total = total + prefix_loss
+        update_dead_counter_(self.tokens_since_fired, indices, values)
+        if cfg.aux_coef > 0:
+            dead = self.tokens_since_fired > cfg.dead_tokens
+            aux = auxk_loss(err.detach(), pre, dead, cfg.aux_k, self.W_dec)
+            total = total + cfg.aux_coef * aux
+            terms["auxk"] = aux
+        return LossOutput(total, sq_error.detach(), {k: v.detach() for k, v in terms.items()})
+
+    def before_optimizer_step(self) -> None:
+        remove_parallel_grad_(self.W_dec)
+
+    def after_optimizer_step(self) -> None:
+        normalize_rows_(self.W_dec)

@@ -1,0 +1,46 @@
+"""Recovering a known tree: the routed H-SAE against a flat dictionary of the same width.
+
+The generator's children always fire with their parent, so a flat dictionary absorbs the
+parent into parent + child sums. Measured on this data (seeds 0-5, 80 epochs): the H-SAE
+recovers 92-100 % of parents and 95-100 % of children, 96-100 % of them under their true
+parent's match; flat TopK / BatchTopK of width 216 recover 12-21 % of parents.
+"""
+
+import numpy as np
+import pytest
+
+from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder
+from sklearn_hsae.datasets import make_hierarchical_activations
+from sklearn_hsae.metrics import tree_recovery
+
+
+@pytest.fixture(scope="module")
+def tree_data():
+    # 64 features, 24 parents x 4 children in 3-dim subspaces, 3 active parents a row.
+    return make_hierarchical_activations(n_samples=20_000, n_features=64, n_parents=24,
+                                         n_children=4, subspace_dim=3, n_active=3,
+                                         random_state=0)
+
+
+def test_routed_hsae_recovers_the_tree(tree_data):
+    X, parents, children, tree = tree_data
+    hsae = HierarchicalSparseAutoencoder(n_parents=24, n_children=8, subspace_dim=4, k=3,
+                                         beta=2.0, max_iter=80, batch_size=512,
+                                         random_state=0).fit(X)
+    r = tree_recovery(parents, children, tree, hsae.parent_components_,
+                      hsae.child_components_, hsae.child_parent_)
+    assert r["parent_recovered"] >= 0.8
+    assert r["child_recovered"] >= 0.9
+    assert r["children_under_true_parent"] >= 0.9
+    assert hsae.score(X) > 0.9
+
+
+def test_flat_topk_of_the_same_width_absorbs_parents(tree_data):
+    X, parents, children, tree = tree_data
+    sae = SparseAutoencoder(n_components=24 * 9, k=6, max_iter=80, batch_size=512,
+                            random_state=0).fit(X)
+    best = np.abs(parents @ sae.components_.T).max(axis=1)
+    assert np.mean(best >= 0.8) < 0.5  # measured: 0.21
+    # What it learned instead: parent + child sums.
+    sums = (parents[tree] + children) / np.sqrt(2)
+    assert np.mean(np.abs(sums @ sae.components_.T).max(axis=1) >= 0.8) > 0.9
