@@ -1,7 +1,7 @@
 """Hierarchical sparse autoencoders for language-model activations, the scikit-learn way."""
 
 from ._baselines import SparseAutoencoder
-from ._estimator import HierarchicalCodes, HierarchicalSparseAutoencoder
+from ._estimator import HierarchicalCodes, HierarchicalSparseAutoencoder, posthoc_baseline
 
 __version__ = "0.1.0.dev0"
 
@@ -10,4 +10,5 @@ __all__ = [
     "HierarchicalSparseAutoencoder",
     "SparseAutoencoder",
     "__version__",
+    "posthoc_baseline",
 ]

@@ -175,6 +175,9 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
                 batches = iter_batches(X.shape[0], self.batch_size, rng)
                 desc = f"epoch {epoch + 1}/{self.max_iter}"
                 self.loss_curve_.append(self._run_batches(trainer, X, batches, steps_per_epoch, desc))
+            end_of_fit = getattr(model, "on_fit_end", None)
+            if end_of_fit is not None:
+                end_of_fit()
         self.n_iter_ = self.max_iter
         self._finish(trainer)
         return self

@@ -77,3 +77,37 @@ class FlatConfig:
     threshold_momentum: float = 0.99
     """BatchTopK: EMA momentum of the inference threshold."""
     fixed_decoder_bias: bool = False
+
+
+@dataclass(frozen=True)
+class TreeConfig:
+    """The tree HSAE of Luo et al. (paper 2): one full SAE per level, tied parent -> child."""
+
+    n_features: int
+    widths: tuple[int, ...]
+    """Width of every level, coarsest first (``n_parents * n_children ** l``)."""
+    k: int
+    """Active latents per row and level (TopK), or the L0 target of the controller."""
+    sparsity: str = "topk"
+    """``"topk"`` or ``"l0"`` (JumpReLU with an L0 penalty held at ``k`` by a controller)."""
+    rho: float = 0.01
+    """Weight of the parent/children structural loss (paper 2: 0.01)."""
+    perturb_rate: float = 0.05
+    """Probability that a parent's output is replaced by its children's sum (paper 2: 5 %)."""
+    reparent_every: int = 1000
+    """Steps between re-assignments of every child to its most similar parent."""
+    unassigned_fraction: float = 0.2
+    """Fraction of least-similar children left without a parent at each re-assignment."""
+    aux_coef: float = 1 / 32
+    aux_k: int = 0
+    dead_tokens: int = 10_000_000
+    fixed_decoder_bias: bool = False
+    jump_bandwidth: float = 1e-3
+    """JumpReLU straight-through kernel width (Rajamanoharan et al. 2024), in scaled units."""
+    l0_ema: float = 0.999
+    """Momentum of the L0 estimate the controller steers (paper 2, App. A.2)."""
+    l0_eta: float = 1e-3
+    """Target trajectory ``dL0/dstep = -eta (L0 - k)`` (paper 2, App. A.2)."""
+    l0_gain: float = 0.01
+    """Multiplicative step of the L0 coefficient when L0 leaves the trajectory (not given
+    in paper 2; our choice)."""

@@ -7,15 +7,12 @@ from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
+from sklearn.base import clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._architectures import ARCHITECTURES
 from ._base import BaseSparseAutoencoder
-from ._config import RoutedConfig
-from ._models import RoutedSAE
-from ._sparse import codes_to_csr
-
-_DEAD_TOKENS = 10_000_000  # Gao et al.: dead after 10M tokens without firing
 
 
 class HierarchicalCodes(NamedTuple):
@@ -30,7 +27,7 @@ class HierarchicalCodes(NamedTuple):
 
 
 class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
-    """Hierarchical sparse autoencoder: TopK parents, each routing to its own children.
+    """Hierarchical sparse autoencoder: routed (H-SAE) or tree (HSAE) architecture.
 
     ``architecture="routed"`` is the H-SAE of Muchane et al. (2025): a TopK SAE picks k
     parents per sample; every active parent p projects the input into its own
@@ -41,6 +38,15 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
 
         x_hat = intercept_ + codes.parent @ parent_components_ + codes.child @ child_components_
 
+    ``architecture="tree"`` is the HSAE of Luo et al. (2026): ``n_levels`` full SAEs of
+    widths ``n_parents * n_children ** l``, each reconstructing X on its own, tied parent
+    to children by a structural loss (weight ``rho``), random feature perturbation (rate
+    ``perturb_rate``) and re-parenting by encoder similarity every ``reparent_every``
+    steps. ``inverse_transform`` and ``score`` use the finest level; every level's
+    reconstruction is ``codes.levels[l] @ components_by_level_[l] + intercept_by_level_[l]``.
+    With ``rho=0`` and ``perturb_rate=0`` the levels train independently and the tree is
+    assigned after training: the post-hoc baseline of paper 2 (:func:`posthoc_baseline`).
+
     Parameters
     ----------
     n_parents : int, default=1024
@@ -50,9 +56,24 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     subspace_dim : int, default=4
         Dimension of each parent's private subspace in which its children live.
     k : int, default=32
-        Active parents per sample; each active parent adds at most one active child.
-    architecture : {"routed"}, default="routed"
+        Routed: active parents per sample (each adds at most one active child). Tree:
+        active features per sample and level (TopK), or the L0 target per level.
+    architecture : {"routed", "tree"}, default="routed"
         The hierarchical model to train.
+    n_levels : int, default=2
+        Levels of the tree architecture (the routed one has exactly two).
+    sparsity : {"topk", "l0"}, default="topk"
+        Tree only: TopK per level, or JumpReLU with an L0 penalty steered to ``k`` per
+        level by paper 2's controller.
+    rho : float, default=0.01
+        Tree only: weight of the structural loss ``sum_p ||f_p - sum_{c in C(p)} f_c||^2``.
+    perturb_rate : float, default=0.05
+        Tree only: probability that a parent's output is replaced by its children's sum
+        in its level's reconstruction loss.
+    reparent_every : int, default=1000
+        Tree only: steps between re-assignments of children to parents.
+    unassigned_fraction : float, default=0.2
+        Tree only: fraction of least-similar children left without a parent.
     max_iter : int, default=10
         Epochs over the data in ``fit``.
     batch_size : int, default=1024
@@ -62,14 +83,15 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         ``"auto"`` is ``2e-4 / sqrt(n_parents / 2**14)``, the width scaling law of Gao
         et al. (2024) that sparsify also uses.
     beta : float, default=0.1
-        Weight of the parents-only reconstruction error (paper 1).
+        Routed only: weight of the parents-only reconstruction error (paper 1).
     aux_coef : float, default=1/32
         Weight of the AuxK loss that revives dead parents (Gao et al.); 0 disables it.
     l1_coef : float, default=0.0
-        L1 penalty on all parent and active-expert child pre-activations (paper 1
-        uses 1e-3; it did not help on our synthetic benchmark, see the user guide).
+        Routed only: L1 penalty on all parent and active-expert child pre-activations
+        (paper 1 uses 1e-3; it did not help tree recovery on the generator).
     ortho_coef : float, default=0.0
-        Encoder/decoder bi-orthogonality penalty (paper 1 uses 0.1).
+        Routed only: encoder/decoder bi-orthogonality penalty (paper 1 uses 0.1; it did
+        not help tree recovery on the generator).
     normalize : {"global", "unit"} or None, default="global"
         Input scaling: ``"global"`` learns one factor so the mean squared row norm is
         ``n_features`` (paper 2); ``"unit"`` scales every row to unit norm and fixes the
@@ -92,11 +114,18 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     parent_components_ : ndarray of shape (n_parents, n_features)
         Unit-norm parent decoder directions.
     child_components_ : ndarray of shape (n_parents * n_children, n_features)
-        Unit-norm decoder direction of every child in input space.
+        Unit-norm decoder direction of every child (level 1) in input space.
     child_parent_ : ndarray of shape (n_parents * n_children,)
-        Parent index of every child.
+        Parent index of every child; -1 for children the tree left unassigned.
+    components_by_level_ : list of ndarray
+        Unit-norm decoder directions of every level, coarsest first.
+    parent_index_by_level_ : list of ndarray
+        Parent (in the level above) of every feature of every level; -1 = none (all of
+        level 0).
     intercept_ : ndarray of shape (n_features,)
-        Decoder bias in input units.
+        Decoder bias in input units (tree: the finest level's).
+    intercept_by_level_ : list of ndarray
+        Tree only: every level's decoder bias in input units.
     scale_ : float
         Input scaling factor learned by ``normalize="global"`` (1.0 otherwise).
     n_features_in_ : int
@@ -119,6 +148,9 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     M. Muchane, S. Richardson, K. Park, V. Veitch. "Incorporating Hierarchical
     Semantics in Sparse Autoencoder Architectures", arXiv:2506.01197, 2025.
 
+    Y. Luo, Y. Zhan, Y. Jiang, et al. "From Atoms to Trees: Building a Structured Feature
+    Forest with Hierarchical Sparse Autoencoders", arXiv:2602.11881, 2026.
+
     Examples
     --------
     >>> from sklearn_hsae import HierarchicalSparseAutoencoder
@@ -140,13 +172,17 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         "n_children": [Interval(Integral, 1, None, closed="left")],
         "subspace_dim": [Interval(Integral, 1, None, closed="left")],
         "k": [Interval(Integral, 1, None, closed="left")],
-        "architecture": [StrOptions({"routed"})],
+        "architecture": [StrOptions(set(ARCHITECTURES))],
+        "n_levels": [Interval(Integral, 1, None, closed="left")],
+        "sparsity": [StrOptions({"topk", "l0"})],
+        "rho": [Interval(Real, 0, None, closed="left")],
+        "perturb_rate": [Interval(Real, 0, 1, closed="both")],
+        "reparent_every": [Interval(Integral, 1, None, closed="left")],
+        "unassigned_fraction": [Interval(Real, 0, 1, closed="left")],
         "beta": [Interval(Real, 0, None, closed="left")],
         "l1_coef": [Interval(Real, 0, None, closed="left")],
         "ortho_coef": [Interval(Real, 0, None, closed="left")],
     }
-
-    _model_class = RoutedSAE
 
     def __init__(
         self,
@@ -156,6 +192,12 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         subspace_dim=4,
         k=32,
         architecture="routed",
+        n_levels=2,
+        sparsity="topk",
+        rho=0.01,
+        perturb_rate=0.05,
+        reparent_every=1000,
+        unassigned_fraction=0.2,
         max_iter=10,
         batch_size=1024,
         learning_rate="auto",
@@ -175,6 +217,12 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         self.subspace_dim = subspace_dim
         self.k = k
         self.architecture = architecture
+        self.n_levels = n_levels
+        self.sparsity = sparsity
+        self.rho = rho
+        self.perturb_rate = perturb_rate
+        self.reparent_every = reparent_every
+        self.unassigned_fraction = unassigned_fraction
         self.max_iter = max_iter
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -190,55 +238,44 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         self.warm_start = warm_start
 
     # ------------------------------------------------------- model bridge
+    @property
+    def _arch(self):
+        return ARCHITECTURES[self.architecture]
+
+    @property
+    def _model_class(self):
+        return self._arch.model_class
+
     def _check_sizes(self, n_features: int) -> None:
         if self.k > self.n_parents:
             raise ValueError(
                 f"k={self.k} active parents cannot exceed n_parents={self.n_parents}."
             )
+        self._arch.check(self)
 
     def _topk_width(self) -> int:
         return self.n_parents
 
-    def _model_config(self, n_features: int, n_samples: int) -> RoutedConfig:
-        return RoutedConfig(
-            n_features=n_features,
-            n_parents=self.n_parents,
-            n_children=self.n_children,
-            subspace_dim=self.subspace_dim,
-            k=self.k,
-            beta=self.beta,
-            aux_coef=self.aux_coef,
-            aux_k=min(max(1, n_features // 2), self.n_parents),
-            dead_tokens=min(_DEAD_TOKENS, max(n_samples, self.batch_size)),
-            l1_coef=self.l1_coef,
-            ortho_coef=self.ortho_coef,
-            fixed_decoder_bias=self.normalize == "unit",
-        )
+    def _model_config(self, n_features: int, n_samples: int):
+        return self._arch.config(self, n_features, n_samples)
 
-    def _export_fitted(self, model: RoutedSAE) -> None:
-        state = self._model_state
-        self.parent_components_ = state["W_dec"].copy()
-        directions, _ = model.child_directions()
-        self.child_components_ = directions.cpu().numpy()
-        self.child_parent_ = np.repeat(np.arange(self.n_parents), self.n_children)
-        self.intercept_ = self._public_intercept(state["b_dec"])
+    def _export_fitted(self, model) -> None:
+        self._arch.export(self, model)
 
-    def _level_widths(self) -> tuple[int, int]:
-        return self.n_parents, self.n_parents * self.n_children
+    def _level_widths(self) -> tuple[int, ...]:
+        return self._arch.widths(self)
 
     def _components_stack(self) -> np.ndarray:
-        return np.vstack([self.parent_components_, self.child_components_])
+        return self._arch.components_stack(self)
 
-    def _encode_context(self, model: RoutedSAE):
-        return model.child_norms()  # (n_parents * n_children,)
+    def _encode_context(self, model):
+        return self._arch.encode_context(self, model)
 
-    def _block_levels(self, codes, row_scale, dtype, child_norms) -> list:
-        P, C = self.n_parents, self.n_children
-        parent = codes_to_csr(codes.parent_values, codes.parent_indices, P, dtype, row_scale)
-        # Child codes multiply unit directions: fold in the norm of D_child[c] @ W_up.
-        values = codes.child_values * child_norms[codes.child_indices]
-        child = codes_to_csr(values, codes.child_indices, P * C, dtype, row_scale)
-        return [parent, child]
+    def _block_levels(self, codes, row_scale, dtype, context) -> list:
+        return self._arch.block_levels(self, codes, row_scale, dtype, context)
+
+    def _code_names(self, default):
+        return np.asarray(self._arch.names(self, type(self).__name__.lower()), dtype=object)
 
     # --------------------------------------------------------- public API
     def encode(self, X) -> HierarchicalCodes:
@@ -260,10 +297,36 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         levels = self._encode_levels(X)
         return HierarchicalCodes(levels[0], levels[1], levels)
 
-    def _code_names(self, default):
-        prefix = type(self).__name__.lower()
-        names = [f"{prefix}_parent{p}" for p in range(self.n_parents)]
-        names += [
-            f"{prefix}_child{p}.{c}" for p in range(self.n_parents) for c in range(self.n_children)
-        ]
-        return np.asarray(names, dtype=object)
+
+def posthoc_baseline(estimator: HierarchicalSparseAutoencoder) -> HierarchicalSparseAutoencoder:
+    """The post-hoc tree baseline of paper 2 for a tree estimator, unfitted.
+
+    Independently trained levels of the same widths, sparsity and training schedule,
+    with the tree assigned after training by the same encoder-similarity rule: a clone
+    with ``rho=0`` and ``perturb_rate=0`` (each level's gradient is clipped on its own,
+    so nothing couples the levels).
+
+    Parameters
+    ----------
+    estimator : HierarchicalSparseAutoencoder
+        A tree estimator (fitted or not); only its parameters are used.
+
+    Returns
+    -------
+    baseline : HierarchicalSparseAutoencoder
+        An unfitted clone configured as the post-hoc baseline.
+
+    Examples
+    --------
+    >>> from sklearn_hsae import HierarchicalSparseAutoencoder, posthoc_baseline
+    >>> hsae = HierarchicalSparseAutoencoder(architecture="tree", n_parents=8, n_children=2)
+    >>> base = posthoc_baseline(hsae)
+    >>> base.rho, base.perturb_rate, base.n_parents
+    (0.0, 0.0, 8)
+    """
+    if not isinstance(estimator, HierarchicalSparseAutoencoder) or estimator.architecture != "tree":
+        raise ValueError(
+            "posthoc_baseline needs a HierarchicalSparseAutoencoder with architecture='tree', "
+            f"got {estimator!r}."
+        )
+    return clone(estimator).set_params(rho=0.0, perturb_rate=0.0)

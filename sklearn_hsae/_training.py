@@ -43,6 +43,9 @@ class Trainer:
         self.model = model
         self.config = config
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # Models made of independent parts (tree levels) clip each part on its own.
+        groups = model.clip_groups() if hasattr(model, "clip_groups") else [self.params]
+        self.clip_groups = [[p for p in g if p.requires_grad] for g in groups]
         self.optimizer = torch.optim.Adam(
             self.params,
             lr=config.learning_rate,
@@ -62,7 +65,8 @@ class Trainer:
         out.loss.backward()
         self.model.before_optimizer_step()
         if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+            for group in self.clip_groups:
+                torch.nn.utils.clip_grad_norm_(group, self.config.grad_clip)
         self.optimizer.step()
         self.model.after_optimizer_step()
         self.step_count += 1

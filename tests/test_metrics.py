@@ -43,3 +43,37 @@ def test_tree_recovery_rejects_inconsistent_inputs():
         tree_recovery(e[:2], e[2:], [0, 1], np.ones((2, 3)), np.ones((2, 3)), [0, 1])
     with pytest.raises(ValueError, match="all-zero rows"):
         tree_recovery(e[:2], e[2:], [0, 1], np.zeros((2, 4)), e[2:], [0, 1])
+
+
+def test_hierarchy_consistency_hand_count():
+    import scipy.sparse as sp
+
+    from sklearn_hsae.metrics import hierarchy_consistency
+
+    # 6 rows, parents p0, p1, p2 (p2 has no children), children c0, c1 -> p0, c2 -> p1,
+    # c3 unassigned.
+    parent = np.array([[1, 0, 1], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0]])
+    child = np.array([
+        [1, 0, 0, 1],
+        [0, 1, 0, 0],
+        [0, 0, 0, 0],
+        [0, 0, 1, 0],
+        [1, 0, 1, 0],
+        [0, 0, 0, 1],
+    ]) * 0.5
+    tree = np.array([0, 0, 1, -1])
+    r = hierarchy_consistency(sp.csr_matrix(parent), child, tree)
+    # P(parent | child): c0 fires rows 0, 4 -> p0 on row 0 only: 1/2; c1 row 1: 1/1;
+    # c2 rows 3, 4 -> p1 on row 3: 1/2. Mean 2/3.
+    assert r["p_parent_given_child"] == pytest.approx(2 / 3)
+    # P(child | parent) per pair: p0 fires rows 0-2: c0 1/3, c1 1/3; p1 rows 2, 3: c2 1/2.
+    assert r["p_child_given_parent"] == pytest.approx((1 / 3 + 1 / 3 + 1 / 2) / 3)
+    # Any child: p0 covered on rows 0, 1 (2/3); p1 on row 3 (1/2).
+    assert r["p_any_child_given_parent"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # Hamming: p0 {0,1,2} vs OR {0,1,4} -> rows 2, 4: 2; p1 {2,3} vs {3,4} -> 2. Mean 2.
+    assert r["hamming"] == 2.0 and r["hamming_rate"] == pytest.approx(2 / 6)
+    assert r["n_pairs"] == 3 and r["n_parents"] == 2
+    with pytest.raises(ValueError, match="must lie in"):
+        hierarchy_consistency(parent, child, np.array([0, 0, 3, -1]))
+    with pytest.raises(ValueError, match="same samples"):
+        hierarchy_consistency(parent[:5], child, tree)

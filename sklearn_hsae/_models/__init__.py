@@ -8,5 +8,6 @@ Every model offers the same interface to the training loop:
 from .common import LossOutput
 from .flat import FlatCodes, FlatSAE
 from .routed import RoutedCodes, RoutedSAE
+from .tree import TreeCodes, TreeSAE
 
-__all__ = ["FlatCodes", "FlatSAE", "LossOutput", "RoutedCodes", "RoutedSAE"]
+__all__ = ["FlatCodes", "FlatSAE", "LossOutput", "RoutedCodes", "RoutedSAE", "TreeCodes", "TreeSAE"]
