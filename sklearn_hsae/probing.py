@@ -27,7 +27,7 @@ from sklearn.model_selection import GroupShuffleSplit, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import type_of_target
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
 from .metrics import code_levels, level_names
 
@@ -350,13 +350,14 @@ def sparse_probe_scores(
     True
     """
     y = column_or_1d(y, warn=True)
-    levels = code_levels(estimator, X)
-    if len(y) != levels[0].shape[0]:
-        raise ValueError(f"X has {levels[0].shape[0]} rows but y has {len(y)} labels.")
-    sets = {"activations": np.asarray(X, dtype=np.float64), **_code_sets(levels, codes)}
+    X = check_array(X, dtype=(np.float64, np.float32), input_name="X")  # float32 stays float32
+    if len(y) != X.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)} labels.")
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks!r}.")
+    levels = code_levels(estimator, X)
+    sets = {"activations": X, **_code_sets(levels, codes)}
     train, test = _split(y, test_size, groups, random_state)
     accuracy = np.empty((len(sets), len(ks) + 1))
     selected = {}
