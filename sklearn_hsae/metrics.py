@@ -88,23 +88,27 @@ def fvu(X, X_hat, *, center="mean", per_row=False):
         FVU = sum_i ||x_i - x_hat_i||^2 / sum_i ||x_i - mean(x)||^2
 
     where ``mean(x)`` is the mean row of X, so predicting that mean scores 1 and a perfect
-    reconstruction 0. Other libraries report variants, which the two options reproduce:
+    reconstruction 0; ``1 - FVU`` is what the estimators' ``score`` returns. Other
+    libraries report variants, which the two options reproduce:
 
-    ===========================  ==================  =========================================
+    ===========================  ==================  ======================================
     ``center``, ``per_row``      formula             reported as
-    ===========================  ==================  =========================================
-    ``"mean"``, False (default)  ratio of sums       1 - FVU = SAELens ``explained_variance``
-    ``"mean"``, True             mean of row ratios  SAEBench / SAELens
-                                                     ``explained_variance_legacy`` (1 - it)
-    ``"zero"``, True             mean of row ratios  normalised MSE of Gao et al. (2024)
+    ===========================  ==================  ======================================
+    ``"mean"``, False (default)  ratio of sums       ``1 - score(X)`` of our estimators
+    ``"mean"``, True             mean of row ratios  ``1 -`` SAEBench core's
+                                                     ``explained_variance``, SAELens'
+                                                     ``explained_variance_legacy``
+    ``"zero"``, True             mean of row ratios  ``normalized_mean_squared_error`` of
+                                                     OpenAI's sparse_autoencoder code
     ``"zero"``, False            ratio of sums       variance about zero, dataset level
-    ===========================  ==================  =========================================
+    ===========================  ==================  ======================================
 
-    The per-row "legacy" variant averages ``||x_i - x_hat_i||^2 / ||x_i - mean(x)||^2``
-    over rows, so rows near the mean weigh heavily; SAELens kept it under that name after
-    switching to the ratio of sums. Centring at zero divides by the raw second moment,
-    which, for activations with a large mean direction (as in residual streams), is far
-    larger than the variance and makes the FVU look much smaller. We report the default.
+    The per-row ("legacy") variant averages ``||x_i - x_hat_i||^2 / ||x_i - mean(x)||^2``
+    over rows, so rows near the mean weigh heavily (SAEBench and SAELens take the mean of
+    each evaluation batch; here it is the mean of X). Centring at zero divides by the raw
+    second moment, which, for activations with a large mean direction (as in residual
+    streams), is far larger than the variance and makes the FVU look much smaller. We
+    report the default.
 
     Parameters
     ----------
@@ -288,8 +292,9 @@ def dead_fraction(codes, X=None):
 def dense_fraction(codes, X=None, *, threshold=0.1):
     """Fraction of latents that fire on more than ``threshold`` of the rows.
 
-    Dense latents (density above 10%, the default, i.e. log10 density above -1 on the
-    SAEBench / SAELens density histograms) rarely mean anything specific.
+    Dense latents (by default those firing on more than 10% of tokens, right of -1 on a
+    log10 density histogram) rarely stand for anything specific; a handful is common,
+    many point at a training problem.
 
     Parameters
     ----------
