@@ -63,7 +63,25 @@ def code_levels(estimator, X) -> list:
 
 
 def level_names(n_levels: int) -> list[str]:
-    """Display names of the levels: ``codes``; ``parent, child``; or ``level0, level1, ...``."""
+    """Names of the levels in tables and reports, coarsest first.
+
+    Parameters
+    ----------
+    n_levels : int
+        Number of levels, ``len(code_levels(estimator, X))``.
+
+    Returns
+    -------
+    names : list of str
+        ``["codes"]`` for a flat dictionary, ``["parent", "child"]`` for two levels,
+        ``["level0", "level1", ...]`` beyond.
+
+    Examples
+    --------
+    >>> from sklearn_hsae.metrics import level_names
+    >>> level_names(1), level_names(2), level_names(3)
+    (['codes'], ['parent', 'child'], ['level0', 'level1', 'level2'])
+    """
     if n_levels == 1:
         return ["codes"]
     if n_levels == 2:

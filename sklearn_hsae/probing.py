@@ -204,6 +204,21 @@ class SparseProbeScores:
         Test accuracy of always predicting the majority class of the training split.
     n_train, n_test : int
         Rows in the two splits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_hsae.probing import SparseProbeScores
+    >>> scores = SparseProbeScores(ks=(1, 5), rows=("activations", "parent"),
+    ...                            accuracy=np.array([[0.71, 0.86, 0.99], [0.93, 0.95, 0.96]]),
+    ...                            selected={}, chance=0.5, n_train=800, n_test=200)
+    >>> scores["parent", 1], scores["activations", "all"]
+    (0.93, 0.99)
+    >>> print(scores)
+    features        k=1     k=5     all
+    activations   0.710   0.860   0.990
+    parent        0.930   0.950   0.960
+    (test accuracy on 200 rows; majority class 0.500)
     """
 
     ks: tuple
