@@ -255,6 +255,9 @@ class SparseProbeScores:
         return "\n".join(lines)
 
 
+_CODES_ERROR = "codes must be 'parent', 'child', 'all', 'levels' or a level index, got {codes!r}."
+
+
 def _code_sets(levels: list, codes) -> dict:
     """Name -> code matrix for the requested ``codes`` option."""
     names = level_names(len(levels))
@@ -275,9 +278,7 @@ def _code_sets(levels: list, codes) -> dict:
         if codes == "parent":
             return {"parent": levels[0]}
         return {"child": sp.hstack(levels[1:], format="csr")}
-    raise ValueError(
-        f"codes must be 'parent', 'child', 'all', 'levels' or a level index, got {codes!r}."
-    )
+    raise ValueError(_CODES_ERROR.format(codes=codes))
 
 
 def _split(y, test_size, groups, random_state):
@@ -368,6 +369,8 @@ def sparse_probe_scores(
     X = check_array(X, dtype=(np.float64, np.float32), input_name="X")  # float32 stays float32
     if len(y) != X.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)} labels.")
+    if not (isinstance(codes, Integral) or codes in ("parent", "child", "all", "levels")):
+        raise ValueError(_CODES_ERROR.format(codes=codes))  # before a possibly long encode
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks!r}.")
