@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The CPU build of torch; GPU users install their own torch before `pip install -e .`.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= test
+# The report's tests draw PNGs, so testing needs the report extra too.
+EXTRAS ?= test,report
 
 .PHONY: demo test install clean
 

@@ -1,0 +1,396 @@
+"""Sparse probing in the SAEBench protocol, as scikit-learn pieces.
+
+SAEBench (Karvonen et al. 2025) asks how well a handful of latents predict a concept: on
+the training split, rank the latents by ``|mean(positive) - mean(negative)|``, keep the
+top k, fit a logistic regression on those k columns alone, and report test accuracy next
+to a probe on the model's raw activations. :class:`SparseProbeSelector` is the ranking
+step as a scikit-learn feature selector, :func:`make_sparse_probe` the whole probe as a
+:class:`~sklearn.pipeline.Pipeline` (so ``GridSearchCV`` can tune k), and
+:func:`sparse_probe_scores` runs the protocol for an estimator of the package.
+
+SAEBench probes one binary task per class and mean-pools the codes of every text first;
+pool rows yourself when your labels belong to documents rather than tokens.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from numbers import Integral
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, _fit_context
+from sklearn.feature_selection import SelectorMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
+
+from .metrics import code_levels, level_names
+
+
+class SparseProbeSelector(SelectorMixin, BaseEstimator):
+    """Keep the k columns whose class means differ most (SAEBench's top-k latents).
+
+    For a binary target, every column j is scored by ``|mean(X[y == b, j]) - mean(X[y ==
+    a, j])|`` on the rows seen in ``fit``, and the k best are kept (ties go to the lower
+    index). For more than two classes the score is the largest one-vs-rest difference,
+    ``max_c |mean(X[y == c, j]) - mean(X[y != c, j])|``, so a column that singles out any
+    one class is kept; SAEBench itself only probes binary tasks.
+
+    Parameters
+    ----------
+    k : int, default=5
+        Number of columns to keep. A k above the number of columns keeps them all, with
+        a warning.
+
+    Attributes
+    ----------
+    scores_ : ndarray of shape (n_features_in_,)
+        Absolute difference of class means of every column.
+    selected_ : ndarray of shape (min(k, n_features_in_),)
+        Indices of the kept columns, highest score first.
+    classes_ : ndarray of shape (n_classes,)
+        Class labels seen in ``fit``.
+    n_features_in_ : int
+        Number of columns seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Column names seen in ``fit``, when X has string column names.
+
+    See Also
+    --------
+    make_sparse_probe : This selector followed by a logistic regression.
+    sklearn.feature_selection.SelectKBest : Univariate selection with other scores.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_hsae.probing import SparseProbeSelector
+    >>> X = np.array([[0.0, 1.0, 0.2], [0.0, 1.1, 0.0], [3.0, 0.9, 0.1], [2.0, 1.0, 0.0]])
+    >>> y = np.array([0, 0, 1, 1])
+    >>> selector = SparseProbeSelector(k=1).fit(X, y)
+    >>> selector.selected_, selector.transform(X).ravel()
+    (array([0]), array([0., 0., 3., 2.]))
+    """
+
+    _parameter_constraints: dict = {"k": [Interval(Integral, 1, None, closed="left")]}
+
+    def __init__(self, k=5):
+        self.k = k
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Score every column on (X, y) and keep the k best.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Codes (or any features), dense or sparse.
+        y : array-like of shape (n_samples,)
+            Class labels, at least two distinct ones.
+
+        Returns
+        -------
+        self : object
+            The fitted selector.
+        """
+        X, y = validate_data(self, X, y, accept_sparse=("csr", "csc", "coo"))
+        kind = type_of_target(y, input_name="y", raise_unknown=True)
+        if kind not in ("binary", "multiclass"):
+            raise ValueError(
+                f"SparseProbeSelector needs class labels, got a {kind} target; "
+                "bin a continuous target into classes first."
+            )
+        self.classes_, y_index = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"y has one class ({self.classes_[0]}); probing needs two or more.")
+        self.scores_ = self._mean_differences(X, y_index)
+        k = self.k
+        if k > X.shape[1]:
+            warnings.warn(
+                f"k={k} is larger than the {X.shape[1]} columns of X; keeping all of them.",
+                UserWarning,
+            )
+            k = X.shape[1]
+        self.selected_ = np.argsort(-self.scores_, kind="stable")[:k]
+        return self
+
+    def _mean_differences(self, X, y_index: np.ndarray) -> np.ndarray:
+        n, n_classes = X.shape[0], len(self.classes_)
+        onehot = sp.csr_matrix(
+            (np.ones(n), (y_index, np.arange(n))), shape=(n_classes, n)
+        )  # (c, n)
+        sums = onehot @ X  # (c, d) column sums per class, sparse or dense like X
+        sums = sums.toarray() if sp.issparse(sums) else np.asarray(sums, dtype=np.float64)
+        counts = np.bincount(y_index, minlength=n_classes)[:, None]  # (c, 1)
+        inside = sums / counts
+        outside = (sums.sum(axis=0) - sums) / (n - counts)  # mean over the other classes
+        return np.abs(inside - outside).max(axis=0)  # (d,); both rows agree when binary
+
+    def _get_support_mask(self):
+        check_is_fitted(self)
+        mask = np.zeros(self.n_features_in_, dtype=bool)
+        mask[self.selected_] = True
+        return mask
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        tags.input_tags.sparse = True
+        return tags
+
+
+def make_sparse_probe(k=5, *, C=1.0, max_iter=1000, random_state=None):
+    """A k-sparse probe: :class:`SparseProbeSelector` then logistic regression.
+
+    The logistic regression uses SAEBench's settings (L2 penalty, ``C=1``,
+    ``max_iter=1000``); tune k with ``GridSearchCV(probe, {"sparseprobeselector__k":
+    [...]})``.
+
+    Parameters
+    ----------
+    k : int, default=5
+        Columns the probe may use.
+    C : float, default=1.0
+        Inverse L2 regularisation strength of the logistic regression.
+    max_iter : int, default=1000
+        Iterations of the logistic regression solver.
+    random_state : int, RandomState instance or None, default=None
+        Passed to the logistic regression.
+
+    Returns
+    -------
+    probe : sklearn.pipeline.Pipeline
+        Steps ``"sparseprobeselector"`` and ``"logisticregression"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_hsae.probing import make_sparse_probe
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.random((200, 30)); y = (X[:, 7] > 0.5).astype(int)
+    >>> probe = make_sparse_probe(k=1).fit(X, y)
+    >>> probe[0].selected_, probe.score(X, y) > 0.9
+    (array([7]), True)
+    """
+    return make_pipeline(
+        SparseProbeSelector(k=k),
+        LogisticRegression(C=C, max_iter=max_iter, random_state=random_state),
+    )
+
+
+@dataclass(frozen=True)
+class SparseProbeScores:
+    """Test accuracies of sparse probes: one row per feature set, one column per k.
+
+    Index with ``scores[row, k]`` (``k="all"`` for the probe on every column); ``str``
+    gives a text table and ``to_dict()`` columns that ``pandas.DataFrame`` accepts.
+
+    Attributes
+    ----------
+    ks : tuple of int
+        The k values, one column each.
+    rows : tuple of str
+        ``"activations"`` (the raw activations X) first, then the code sets.
+    accuracy : ndarray of shape (len(rows), len(ks) + 1)
+        Test accuracy; the last column is a probe on every column of the set (for
+        ``"activations"``, the raw-activation baseline).
+    selected : dict of str to tuple of ndarray
+        For every row, the columns each top-k probe used, highest score first.
+    chance : float
+        Test accuracy of always predicting the majority class of the training split.
+    n_train, n_test : int
+        Rows in the two splits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_hsae.probing import SparseProbeScores
+    >>> scores = SparseProbeScores(ks=(1, 5), rows=("activations", "parent"),
+    ...                            accuracy=np.array([[0.71, 0.86, 0.99], [0.93, 0.95, 0.96]]),
+    ...                            selected={}, chance=0.5, n_train=800, n_test=200)
+    >>> scores["parent", 1], scores["activations", "all"]
+    (0.93, 0.99)
+    >>> print(scores)
+    features        k=1     k=5     all
+    activations   0.710   0.860   0.990
+    parent        0.930   0.950   0.960
+    (test accuracy on 200 rows; majority class 0.500)
+    """
+
+    ks: tuple
+    rows: tuple
+    accuracy: np.ndarray
+    selected: dict
+    chance: float
+    n_train: int
+    n_test: int
+
+    def __getitem__(self, key):
+        row, k = key
+        if row not in self.rows:
+            raise KeyError(f"No row {row!r}; rows are {list(self.rows)}.")
+        if k != "all" and k not in self.ks:
+            raise KeyError(f"No k={k!r}; ks are {list(self.ks)} and 'all'.")
+        column = len(self.ks) if k == "all" else self.ks.index(k)
+        return float(self.accuracy[self.rows.index(row), column])
+
+    def to_dict(self) -> dict:
+        """Columns of the table: ``features``, then ``k=...`` and ``all`` accuracies."""
+        table = {"features": list(self.rows)}
+        for j, name in enumerate([f"k={k}" for k in self.ks] + ["all"]):
+            table[name] = self.accuracy[:, j].tolist()
+        return table
+
+    def __str__(self) -> str:
+        header = ["features"] + [f"k={k}" for k in self.ks] + ["all"]
+        width = max(len(r) for r in (*self.rows, "features"))
+        lines = [f"{header[0]:<{width}}" + "".join(f"{h:>8}" for h in header[1:])]
+        for name, accuracy in zip(self.rows, self.accuracy):
+            lines.append(f"{name:<{width}}" + "".join(f"{a:8.3f}" for a in accuracy))
+        lines.append(f"(test accuracy on {self.n_test} rows; majority class {self.chance:.3f})")
+        return "\n".join(lines)
+
+
+_CODES_ERROR = "codes must be 'parent', 'child', 'all', 'levels' or a level index, got {codes!r}."
+
+
+def _code_sets(levels: list, codes) -> dict:
+    """Name -> code matrix for the requested ``codes`` option."""
+    names = level_names(len(levels))
+    if codes == "all":
+        return {"codes": sp.hstack(levels, format="csr")}
+    if codes == "levels":
+        return dict(zip(names, levels))
+    if isinstance(codes, Integral) and not isinstance(codes, bool):
+        if not -len(levels) <= codes < len(levels):
+            raise ValueError(f"codes={codes} is out of range for {len(levels)} level(s).")
+        return {names[codes]: levels[codes]}
+    if codes in ("parent", "child"):
+        if len(levels) < 2:
+            raise ValueError(
+                f"codes={codes!r} needs a hierarchical estimator; this one has a single "
+                "level of codes: use codes='all'."
+            )
+        if codes == "parent":
+            return {"parent": levels[0]}
+        return {"child": sp.hstack(levels[1:], format="csr")}
+    raise ValueError(_CODES_ERROR.format(codes=codes))
+
+
+def _split(y, test_size, groups, random_state):
+    rows = np.arange(len(y))
+    if groups is None:
+        return train_test_split(rows, test_size=test_size, stratify=y, random_state=random_state)
+    groups = column_or_1d(groups)
+    if len(groups) != len(y):
+        raise ValueError(f"groups has {len(groups)} entries but y has {len(y)}.")
+    splitter = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=random_state)
+    train, test = next(splitter.split(rows, y, groups))
+    for name, part in (("training", train), ("test", test)):
+        if len(np.unique(y[part])) < 2:
+            raise ValueError(
+                f"The grouped {name} split holds a single class; use more groups or "
+                "another random_state."
+            )
+    return train, test
+
+
+def sparse_probe_scores(
+    estimator,
+    X,
+    y,
+    ks=(1, 2, 5, 20),
+    *,
+    codes="parent",
+    test_size=0.2,
+    groups=None,
+    random_state=None,
+    C=1.0,
+    max_iter=1000,
+):
+    """Held-out accuracy of k-sparse probes on an estimator's codes and on raw X.
+
+    X is encoded once and split once (stratified by y; by ``groups`` when given, so e.g.
+    all tokens of a document land on one side). For every code set and every k, a
+    :func:`make_sparse_probe` is fitted on the training rows and scored on the test rows;
+    the same is done on X itself, and a logistic regression on all columns of each set
+    gives the ``"all"`` column.
+
+    Parameters
+    ----------
+    estimator : fitted estimator of sklearn_hsae
+        Any estimator of the package.
+    X : array-like of shape (n_samples, n_features)
+        Activations, one row per example.
+    y : array-like of shape (n_samples,)
+        Class labels (binary in SAEBench; see :class:`SparseProbeSelector` for more).
+    ks : sequence of int, default=(1, 2, 5, 20)
+        Numbers of latents; a k above a set's width uses all its columns.
+    codes : {"parent", "child", "all", "levels"} or int, default="parent"
+        Which codes to probe: the coarsest level, every level below it (side by side),
+        all levels side by side (``transform(X)``), each level separately, or one level
+        by index. ``"parent"`` and ``"child"`` need a hierarchical estimator.
+    test_size : float, default=0.2
+        Fraction of rows (of groups, with ``groups``) held out.
+    groups : array-like of shape (n_samples,), default=None
+        Group labels for a grouped split, e.g. the document of every token.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the split and the probes.
+    C, max_iter
+        Passed to every logistic regression.
+
+    Returns
+    -------
+    scores : SparseProbeScores
+        Test accuracies; ``scores["parent", 1]`` is the 1-sparse probe on parent codes and
+        ``scores["activations", "all"]`` the raw-activation probe.
+
+    Examples
+    --------
+    >>> from sklearn_hsae import HierarchicalSparseAutoencoder
+    >>> from sklearn_hsae.datasets import make_hierarchical_activations
+    >>> from sklearn_hsae.probing import sparse_probe_scores
+    >>> X, *_, parent_codes, _ = make_hierarchical_activations(
+    ...     n_samples=600, random_state=0, return_codes=True)
+    >>> y = (parent_codes[:, 0].toarray().ravel() > 0).astype(int)  # is true parent 0 on?
+    >>> hsae = HierarchicalSparseAutoencoder(n_parents=24, n_children=4, subspace_dim=3, k=3,
+    ...                                      max_iter=3, random_state=0).fit(X)
+    >>> scores = sparse_probe_scores(hsae, X, y, ks=(1, 5), random_state=0)
+    >>> scores.rows
+    ('activations', 'parent')
+    >>> scores["activations", "all"] > 0.9
+    True
+    """
+    y = column_or_1d(y, warn=True)
+    X = check_array(X, dtype=(np.float64, np.float32), input_name="X")  # float32 stays float32
+    if len(y) != X.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)} labels.")
+    if not (isinstance(codes, Integral) or codes in ("parent", "child", "all", "levels")):
+        raise ValueError(_CODES_ERROR.format(codes=codes))  # before a possibly long encode
+    ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks!r}.")
+    levels = code_levels(estimator, X)
+    sets = {"activations": X, **_code_sets(levels, codes)}
+    train, test = _split(y, test_size, groups, random_state)
+    accuracy = np.empty((len(sets), len(ks) + 1))
+    selected = {}
+    for i, (name, Z) in enumerate(sets.items()):
+        Z_train, Z_test = Z[train], Z[test]
+        picks = []
+        for j, k in enumerate(ks):
+            probe = make_sparse_probe(
+                min(k, Z.shape[1]), C=C, max_iter=max_iter, random_state=random_state
+            ).fit(Z_train, y[train])
+            accuracy[i, j] = probe.score(Z_test, y[test])
+            picks.append(probe[0].selected_)
+        full = LogisticRegression(C=C, max_iter=max_iter, random_state=random_state)
+        accuracy[i, -1] = full.fit(Z_train, y[train]).score(Z_test, y[test])
+        selected[name] = tuple(picks)
+    values, counts = np.unique(y[train], return_counts=True)
+    chance = float(np.mean(y[test] == values[np.argmax(counts)]))
+    return SparseProbeScores(ks, tuple(sets), accuracy, selected, chance, len(train), len(test))
