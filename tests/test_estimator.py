@@ -181,7 +181,7 @@ def test_unit_normalization_is_scale_free(data):
                                         max_iter=2, normalize="unit", random_state=0).fit(data)
     np.testing.assert_array_equal(est.intercept_, 0)
     Z = est.transform(data)
-    np.testing.assert_allclose(est.transform(7.5 * data).toarray(), 7.5 * Z.toarray(), rtol=1e-5)
+    np.testing.assert_allclose(est.transform(7.5 * data).toarray(), 7.5 * Z.toarray(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(est.inverse_transform(7.5 * Z), 7.5 * est.inverse_transform(Z),
                                rtol=1e-5, atol=1e-6)
 

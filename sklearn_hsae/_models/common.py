@@ -6,11 +6,14 @@ k = active latents per row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .sparse_ops import select_linear, sparse_decode
 
 
 class LossOutput(NamedTuple):
@@ -24,22 +27,34 @@ class LossOutput(NamedTuple):
     """Each term of the loss, detached, for logging."""
 
 
-def topk_relu(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """``TopK_k(ReLU(pre))`` as (values, indices), each (B, k).
+class Encoded(NamedTuple):
+    """Pre-activations of a linear encoder and a way to differentiate selected ones."""
 
-    Rows with fewer than k positive entries get zeros in the remaining slots; those
-    slots carry no gradient because ReLU is flat there.
+    pre: Tensor
+    """(B, m) ``x @ W.T + b``; carries a graph only when the encoder was dense."""
+    select: Callable[[Tensor], Tensor]
+    """indices (B, j) -> the pre-activations there (B, j), with gradients."""
+
+
+def encode(x: Tensor, weight: Tensor, bias: Tensor, dense: bool = False, out: Tensor | None = None) -> Encoded:
+    """Linear encoder whose backward, unless ``dense``, touches only selected latents.
+
+    A penalty on every pre-activation (an L1, a JumpReLU threshold) needs ``dense=True``;
+    TopK-style selections need only the rows they pick (see ``sparse_ops``). ``out``
+    (B, m) receives the pre-activations in the sparse case (a reused buffer).
     """
-    values, indices = torch.topk(pre, k, dim=-1, sorted=False)  # (B, k)
-    return F.relu(values), indices
+    if dense:
+        pre = torch.addmm(bias, x, weight.T)  # (B, m)
+        return Encoded(pre, lambda idx: pre.gather(1, idx))
+    with torch.no_grad():
+        pre = torch.addmm(bias, x, weight.T, out=out)  # (B, m)
+    return Encoded(pre, lambda idx: select_linear(x, weight, bias, idx, pre))
 
 
-def sparse_decode(values: Tensor, indices: Tensor, weight: Tensor) -> Tensor:
-    """``sum_j values[:, j] * weight[indices[:, j]]`` without a dense (B, m) code.
-
-    values, indices: (B, k); weight: (m, d) -> (B, d).
-    """
-    return F.embedding_bag(indices, weight, per_sample_weights=values, mode="sum")
+def topk_select(enc: Encoded, k: int) -> tuple[Tensor, Tensor]:
+    """``TopK_k(ReLU(pre))`` as differentiable (values, indices), each (B, k)."""
+    indices = torch.topk(enc.pre.detach(), k, dim=-1, sorted=False).indices  # (B, k)
+    return F.relu(enc.select(indices)), indices
 
 
 @torch.no_grad()
@@ -63,21 +78,22 @@ def remove_parallel_grad_(weight: Tensor) -> None:
 
 
 def auxk_loss(
-    residual: Tensor, pre: Tensor, dead: Tensor, k_aux: int, decoder: Tensor
+    residual: Tensor, enc: Encoded, dead: Tensor, k_aux: int, decoder: Tensor
 ) -> Tensor:
     """AuxK (Gao et al. 2024, Sec. A.2): dead latents try to explain the residual.
 
     residual: (B, d) the main reconstruction's error, detached by the caller;
-    pre: (B, m) pre-activations; dead: (m,) bool; decoder: (m, d).
+    enc: the encoder's pre-activations; dead: (m,) bool; decoder: (m, d).
     Normalised by ``||residual||^2`` so the term is scale-free, and damped by
     ``min(n_dead / k_aux, 1)`` as in sparsify so a few dead latents do not dominate.
     """
     n_dead = int(dead.sum())
     if n_dead == 0 or k_aux == 0:
-        return pre.new_zeros(())
+        return residual.new_zeros(())
     k_eff = min(k_aux, n_dead)
-    masked = pre.masked_fill(~dead, float("-inf"))  # (B, m)
-    values, indices = topk_relu(masked, k_eff)  # (B, k_eff)
+    masked = enc.pre.detach().masked_fill(~dead, float("-inf"))  # (B, m)
+    indices = torch.topk(masked, k_eff, dim=-1, sorted=False).indices  # (B, k_eff)
+    values = F.relu(enc.select(indices))
     recon = sparse_decode(values, indices, decoder)  # (B, d)
     denom = residual.pow(2).sum().clamp_min(torch.finfo(residual.dtype).tiny)
     scale = min(n_dead / k_aux, 1.0)

@@ -16,14 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .workspace import Workspace
 from .common import (
     LossOutput,
     auxk_loss,
+    encode,
     geometric_median,
     normalize_rows_,
     remove_parallel_grad_,
     sparse_decode,
-    topk_relu,
+    topk_select,
     update_dead_counter_,
 )
 
@@ -51,6 +53,7 @@ class FlatSAE(nn.Module):
         self.b_dec = nn.Parameter(torch.empty(d, **kw), requires_grad=not config.fixed_decoder_bias)
         self.register_buffer("tokens_since_fired", torch.zeros(m, dtype=torch.long, device=device))
         self.register_buffer("loss_scale", torch.ones((), **kw))
+        self.workspace = Workspace()  # reused CPU buffers, not part of the state
         self.register_buffer("threshold", torch.zeros((), **kw))
 
     @torch.no_grad()
@@ -75,23 +78,27 @@ class FlatSAE(nn.Module):
         self.loss_scale.fill_(float(var) if var > 0 else 1.0)
 
     # ---------------------------------------------------------------- encode
-    def _select(self, pre: Tensor) -> tuple[Tensor, Tensor]:
+    def _encode(self, x: Tensor):
+        """Encoder pre-activations and the selected (values, indices), each (B, k')."""
         k = self.config.k
+        pre = self.workspace.get("pre", (x.shape[0], self.config.n_latents), x.dtype, x.device)
+        enc = encode(x - self.b_dec, self.W_enc, self.b_enc, out=pre)
         if self.config.activation == "topk":
-            return topk_relu(pre, k)
-        act = F.relu(pre)
+            values, indices = topk_select(enc, k)
+            return enc, values, indices
+        act = F.relu(enc.pre.detach())  # (B, m)
         if self.training:
             # Batch top-(B k): the smallest kept value is this batch's threshold.
-            n_keep = min(k * pre.shape[0], act.numel())
+            n_keep = min(k * act.shape[0], act.numel())
             cut = torch.topk(act.reshape(-1), n_keep, sorted=False).values.min()
             keep = act >= cut
             self._update_threshold(cut)
         else:
             keep = act > self.threshold
-        act = act * keep
         width = max(1, int(keep.sum(dim=1).max()))  # most latents any row kept
-        values, indices = torch.topk(act, min(width, act.shape[1]), dim=1, sorted=False)
-        return values, indices
+        _, indices = torch.topk(act * keep, min(width, act.shape[1]), dim=1, sorted=False)
+        values = F.relu(enc.select(indices)) * keep.gather(1, indices)
+        return enc, values, indices
 
     @torch.no_grad()
     def _update_threshold(self, cut: Tensor) -> None:
@@ -102,11 +109,6 @@ class FlatSAE(nn.Module):
         else:
             self.threshold.lerp_(cut, 1 - self.config.threshold_momentum)
 
-    def _encode(self, x: Tensor):
-        pre = (x - self.b_dec) @ self.W_enc.T + self.b_enc  # (B, m)
-        values, indices = self._select(pre)  # (B, k')
-        return pre, values, indices
-
     def forward(self, x: Tensor) -> FlatCodes:
         _, values, indices = self._encode(x)
         return FlatCodes(values, indices, sparse_decode(values, indices, self.W_dec) + self.b_dec)
@@ -114,7 +116,7 @@ class FlatSAE(nn.Module):
     # ------------------------------------------------------------------ loss
     def loss(self, x: Tensor) -> LossOutput:
         cfg = self.config
-        pre, values, indices = self._encode(x)
+        enc, values, indices = self._encode(x)
         x_hat = sparse_decode(values, indices, self.W_dec) + self.b_dec
         err = x - x_hat
         sq_error = err.pow(2).sum()
@@ -131,7 +133,7 @@ class FlatSAE(nn.Module):
         update_dead_counter_(self.tokens_since_fired, indices, values)
         if cfg.aux_coef > 0:
             dead = self.tokens_since_fired > cfg.dead_tokens
-            aux = auxk_loss(err.detach(), pre, dead, cfg.aux_k, self.W_dec)
+            aux = auxk_loss(err.detach(), enc, dead, cfg.aux_k, self.W_dec)
             total = total + cfg.aux_coef * aux
             terms["auxk"] = aux
         return LossOutput(total, sq_error.detach(), {k: v.detach() for k, v in terms.items()})

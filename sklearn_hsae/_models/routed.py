@@ -19,19 +19,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .workspace import Workspace
 from .common import (
+    Encoded,
     LossOutput,
     auxk_loss,
     bi_orthogonality,
+    encode,
     geometric_median,
     normalize_rows_,
     remove_parallel_grad_,
     sparse_decode,
     spread_unit_vectors,
-    topk_relu,
+    topk_select,
     update_dead_counter_,
 )
-from .grouped import gather_rows, make_tiling, scatter_rows, tile_size_for
+from .grouped import make_route, routed_down, routed_up
 
 
 class RoutedCodes(NamedTuple):
@@ -53,7 +56,7 @@ class RoutedCodes(NamedTuple):
 
 class _Internals(NamedTuple):
     codes: RoutedCodes
-    pre: Tensor  # (B, m) parent pre-activations
+    enc: Encoded  # parent pre-activations (B, m)
     child_pre_active: Tensor  # (n_tiles, T, C) child pre-activations of active experts
 
 
@@ -78,6 +81,7 @@ class RoutedSAE(nn.Module):
         self.D_child = nn.Parameter(torch.empty(m, c, s, **kw))  # unit child atoms
         self.register_buffer("tokens_since_fired", torch.zeros(m, dtype=torch.long, device=device))
         self.register_buffer("loss_scale", torch.ones((), **kw))
+        self.workspace = Workspace()  # reused CPU buffers, not part of the state
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -126,43 +130,29 @@ class RoutedSAE(nn.Module):
     # ---------------------------------------------------------------- forward
     def _forward(self, x: Tensor) -> _Internals:
         cfg = self.config
-        B = x.shape[0]
+        B, C = x.shape[0], cfg.n_children
         xc = x - self.b_dec  # (B, d)
-        pre = xc @ self.W_enc.T + self.b_enc  # (B, m)
-        values, indices = topk_relu(pre, cfg.k)  # (B, k)
+        # The L1 on every pre-activation needs the dense encoder gradient.
+        enc = encode(xc, self.W_enc, self.b_enc, dense=cfg.l1_coef > 0,
+                     out=self.workspace.get("pre", (B, cfg.n_parents), x.dtype, x.device))
+        values, indices = topk_select(enc, cfg.k)  # (B, k)
         x_par = sparse_decode(values, indices, self.W_dec) + self.b_dec  # (B, d)
 
-        # Active (row, parent) pairs, one per non-zero TopK slot.
-        flat_slot = torch.nonzero(values.reshape(-1) > 0).squeeze(1)  # (N,)
-        expert = indices.reshape(-1)[flat_slot]  # (N,)
-        row = torch.div(flat_slot, cfg.k, rounding_mode="floor")  # (N,)
-        tiling = make_tiling(expert, cfg.n_parents, tile_size_for(len(expert), cfg.n_parents))
-        g = tiling.expert  # (n_tiles,)
-
-        xt = gather_rows(xc, row, tiling)  # (n_tiles, T, d)
-        u = torch.bmm(xt, self.W_down[g].transpose(1, 2))  # (n_tiles, T, s)
+        # Children of the active (row, parent) pairs only, tiled by parent.
+        route = make_route(values.detach(), indices, cfg.n_parents, self.workspace)
+        g = route.tiling.expert  # (n_tiles,)
+        u = routed_down(xc, self.W_down, route)  # (n_tiles, T, s)
         child_pre = torch.bmm(u, self.E_child[g].transpose(1, 2))  # (n_tiles, T, C)
         child_act, child_arg = F.relu(child_pre).max(dim=-1)  # (n_tiles, T)
-        child_act = child_act * tiling.valid
+        child_act = child_act * route.tiling.valid
         atom = self.D_child[g[:, None], child_arg]  # (n_tiles, T, s)
-        y = torch.bmm(child_act[..., None] * atom, self.W_up[g])  # (n_tiles, T, d)
-        x_hat = x_par + scatter_rows(y, row, tiling, B)  # (B, d)
+        x_hat = x_par + routed_up(child_act[..., None] * atom, self.W_up, route)  # (B, d)
 
         # Back to the (B, k) slot layout of the parents.
-        t, sl = tiling.tile_of_pair, tiling.slot_of_pair
-        child_values = values.new_zeros(B * cfg.k)
-        child_values[flat_slot] = child_act[t, sl]
-        child_indices = torch.zeros_like(indices).reshape(-1)
-        child_indices[flat_slot] = expert * cfg.n_children + child_arg[t, sl]
-        codes = RoutedCodes(
-            values,
-            indices,
-            child_values.view(B, cfg.k),
-            child_indices.view(B, cfg.k),
-            x_hat,
-            x_par,
-        )
-        return _Internals(codes, pre, child_pre * tiling.valid[..., None])
+        child_values = child_act.reshape(-1)[route.slot_pos] * route.slot_active  # (B, k)
+        child_indices = indices * C + child_arg.reshape(-1)[route.slot_pos]  # (B, k)
+        codes = RoutedCodes(values, indices, child_values, child_indices, x_hat, x_par)
+        return _Internals(codes, enc, child_pre * route.tiling.valid[..., None])
 
     def forward(self, x: Tensor) -> RoutedCodes:
         return self._forward(x).codes
@@ -188,13 +178,13 @@ class RoutedSAE(nn.Module):
         update_dead_counter_(self.tokens_since_fired, codes.parent_indices, codes.parent_values)
         if cfg.aux_coef > 0:
             dead = self.tokens_since_fired > cfg.dead_tokens
-            aux = auxk_loss(err.detach(), inner.pre, dead, cfg.aux_k, self.W_dec)
+            aux = auxk_loss(err.detach(), inner.enc, dead, cfg.aux_k, self.W_dec)
             total = total + cfg.aux_coef * aux
             terms["auxk"] = aux
         if cfg.l1_coef > 0:
             # L1 on every parent pre-activation and the active experts' children, in
             # units of the data's RMS norm so the coefficient is scale-free.
-            l1 = F.relu(inner.pre).sum() + F.relu(inner.child_pre_active).sum()
+            l1 = F.relu(inner.enc.pre).sum() + F.relu(inner.child_pre_active).sum()
             l1 = l1 / (B * self.loss_scale.sqrt())
             total = total + cfg.l1_coef * l1
             terms["l1"] = l1

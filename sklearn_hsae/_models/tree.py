@@ -20,14 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .workspace import Workspace
 from .common import (
     LossOutput,
     auxk_loss,
     geometric_median,
     normalize_rows_,
     remove_parallel_grad_,
+    encode,
     sparse_decode,
-    topk_relu,
+    topk_select,
     update_dead_counter_,
 )
 from .jumprelu import jump_relu, step_count
@@ -111,6 +113,7 @@ class TreeSAE(nn.Module):
             for i, w in enumerate(widths)
         )
         self.register_buffer("loss_scale", torch.ones((), **kw))
+        self.workspace = Workspace()  # reused CPU buffers, not part of the state
         self.register_buffer("step", torch.zeros((), dtype=torch.long, device=device))
         self.register_buffer("seed", torch.zeros((), dtype=torch.long, device=device))
 
@@ -170,16 +173,20 @@ class TreeSAE(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def _encode_level(self, level: _Level, x: Tensor):
-        pre = (x - level.b_dec) @ level.W_enc.T + level.b_enc  # (B, n)
+        # JumpReLU's thresholds learn from every pre-activation: dense encoder there.
+        dense = self.config.sparsity == "l0"
+        pre = self.workspace.get(f"pre{id(level)}", (x.shape[0], level.W_enc.shape[0]), x.dtype, x.device)
+        enc = encode(x - level.b_dec, level.W_enc, level.b_enc, dense=dense, out=None if dense else pre)
         if self.config.sparsity == "topk":
-            values, indices = topk_relu(pre, self.config.k)  # (B, k)
-            return pre, values, indices, None
+            values, indices = topk_select(enc, self.config.k)  # (B, k)
+            return enc, values, indices, None
+        pre = enc.pre
         threshold = level.log_threshold.exp()
         act = jump_relu(pre, threshold, self.config.jump_bandwidth)  # (B, n), STE to theta
         width = max(1, int((act > 0).sum(dim=1).max()))
         values, indices = torch.topk(act, min(width, act.shape[1]), dim=1, sorted=False)
         counts = step_count(pre, threshold, self.config.jump_bandwidth)  # (B,) L0 with STE
-        return pre, values, indices, counts
+        return enc, values, indices, counts
 
     def forward(self, x: Tensor) -> TreeCodes:
         values, indices, x_hats = [], [], []
@@ -210,7 +217,7 @@ class TreeSAE(nn.Module):
         encoded = [self._encode_level(level, x) for level in self.levels]
         total = x.new_zeros(())
         terms = {}
-        for li, (level, (pre, v, i, counts)) in enumerate(zip(self.levels, encoded)):
+        for li, (level, (enc, v, i, counts)) in enumerate(zip(self.levels, encoded)):
             x_hat = sparse_decode(v, i, level.W_dec) + level.b_dec
             err = x - x_hat
             sq_error = err.pow(2).sum()
@@ -230,7 +237,7 @@ class TreeSAE(nn.Module):
             update_dead_counter_(level.tokens_since_fired, i, v)
             if cfg.aux_coef > 0:
                 dead = level.tokens_since_fired > cfg.dead_tokens
-                aux = auxk_loss(err.detach(), pre, dead, cfg.aux_k, level.W_dec)
+                aux = auxk_loss(err.detach(), enc, dead, cfg.aux_k, level.W_dec)
                 total = total + cfg.aux_coef * aux
                 terms[f"auxk{li}"] = aux
             if counts is not None:
