@@ -77,3 +77,11 @@ class FlatConfig:
     threshold_momentum: float = 0.99
     """BatchTopK: EMA momentum of the inference threshold."""
     fixed_decoder_bias: bool = False
+
+
+MODEL_CONFIGS: dict[str, type] = {cls.__name__: cls for cls in (RoutedConfig, FlatConfig)}
+"""Model configurations ``sklearn_hsae.io`` may rebuild from a file, by class name.
+
+A file names its config type; only these are ever constructed. A new architecture adds
+its config here (fields typed with int, float, bool, str, tuples of those or ``X | None``).
+"""

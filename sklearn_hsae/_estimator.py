@@ -223,6 +223,9 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         self.child_parent_ = np.repeat(np.arange(self.n_parents), self.n_children)
         self.intercept_ = self._public_intercept(state["b_dec"])
 
+    def _integer_ranges(self) -> dict:
+        return {"child_parent_": (0, self.n_parents)}
+
     def _level_widths(self) -> tuple[int, int]:
         return self.n_parents, self.n_parents * self.n_children
 
