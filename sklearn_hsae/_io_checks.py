@@ -26,11 +26,19 @@ MAX_HEADER_BYTES = 16 * 2**20  # a safetensors header lists names, shapes and of
 
 # safetensors dtype codes we read, as little-endian numpy dtypes (bf16 has no numpy twin).
 ST_DTYPES = {
-    "BOOL": np.dtype("|b1"), "U8": np.dtype("|u1"), "I8": np.dtype("|i1"),
-    "I16": np.dtype("<i2"), "U16": np.dtype("<u2"), "F16": np.dtype("<f2"),
-    "I32": np.dtype("<i4"), "U32": np.dtype("<u4"), "F32": np.dtype("<f4"),
-    "I64": np.dtype("<i8"), "U64": np.dtype("<u8"), "F64": np.dtype("<f8"),
-}  # fmt: skip
+    "BOOL": np.dtype("|b1"),
+    "U8": np.dtype("|u1"),
+    "I8": np.dtype("|i1"),
+    "I16": np.dtype("<i2"),
+    "U16": np.dtype("<u2"),
+    "F16": np.dtype("<f2"),
+    "I32": np.dtype("<i4"),
+    "U32": np.dtype("<u4"),
+    "F32": np.dtype("<f4"),
+    "I64": np.dtype("<i8"),
+    "U64": np.dtype("<u8"),
+    "F64": np.dtype("<f8"),
+}
 ST_CODES = {dtype: code for code, dtype in ST_DTYPES.items()}
 RANDOM_STATE_KEY = "numpy.random.RandomState"
 
@@ -41,6 +49,19 @@ class InvalidModelFileError(ValueError):
     Raised by :func:`sklearn_hsae.io.load` for every problem with the files' contents;
     the message names the file, the field and what was expected. A subclass of
     ``ValueError``, so ``except ValueError`` also catches it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from sklearn_hsae.io import InvalidModelFileError, load
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     _ = Path(tmp, "config.json").write_text("{}")
+    ...     try:
+    ...         load(tmp)
+    ...     except InvalidModelFileError as exc:
+    ...         print(exc)
+    model.safetensors: the file is missing
     """
 
 
@@ -170,15 +191,19 @@ def coerce(value, hint, where: str):
                 return coerce(value, option, where)
             except InvalidModelFileError:
                 pass
-        refuse(where, f"must be {' or '.join(getattr(a, '__name__', str(a)) for a in args)}, "
-                      f"got {describe(value)}")  # fmt: skip
+        refuse(
+            where,
+            f"must be {' or '.join(getattr(a, '__name__', str(a)) for a in args)}, "
+            f"got {describe(value)}",
+        )
     if origin in (tuple, list):
         if type(value) is not list:
             refuse(where, f"must be a list, got {describe(value)}")
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
             if len(value) != len(args):
                 refuse(where, f"must have {len(args)} entries, got {len(value)}")
-            items = [coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+            pairs = enumerate(zip(value, args, strict=True))
+            items = [coerce(v, a, f"{where}[{i}]") for i, (v, a) in pairs]
         else:
             items = [coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -217,7 +242,13 @@ def param_from_json(value, where: str):
             if type(v) not in (int, float):
                 refuse(f"{where}[{i}]", f"must be a number, got {describe(v)}")
         return value
-    body = check_keys(value, where, {RANDOM_STATE_KEY})[RANDOM_STATE_KEY]
+    if not (isinstance(value, dict) and value.keys() == {RANDOM_STATE_KEY}):
+        refuse(
+            where,
+            "must be a number, string, boolean, null, list of numbers or "
+            f"{{{RANDOM_STATE_KEY!r}: ...}}, got {describe(value)}",
+        )
+    body = value[RANDOM_STATE_KEY]
     where = f"{where}.{RANDOM_STATE_KEY}"
     check_keys(body, where, {"keys", "pos", "has_gauss", "cached_gaussian"})
     keys = coerce(body["keys"], list[int], f"{where}.keys")
@@ -227,8 +258,13 @@ def param_from_json(value, where: str):
     has_gauss = coerce(body["has_gauss"], int, f"{where}.has_gauss")
     if not (0 <= pos <= 624 and has_gauss in (0, 1)):
         refuse(where, f"pos={pos} must lie in [0, 624] and has_gauss={has_gauss} in {{0, 1}}")
-    state = ("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss,
-             coerce(body["cached_gaussian"], float, f"{where}.cached_gaussian"))  # fmt: skip
+    state = (
+        "MT19937",
+        np.array(keys, dtype=np.uint32),
+        pos,
+        has_gauss,
+        coerce(body["cached_gaussian"], float, f"{where}.cached_gaussian"),
+    )
     rng = np.random.RandomState()
     rng.set_state(state)
     return rng
@@ -261,14 +297,18 @@ def read_safetensors_header(path: os.PathLike, where: str) -> Header:
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         if n > min(size - 8, MAX_HEADER_BYTES):
-            refuse(where, f"header claims {n} bytes but the file has {size - 8} after "
-                          f"the length (limit {MAX_HEADER_BYTES})")  # fmt: skip
+            refuse(
+                where,
+                f"header claims {n} bytes but the file has {size - 8} after "
+                f"the length (limit {MAX_HEADER_BYTES})",
+            )
         raw = f.read(n)
     if len(raw) != n:
         refuse(where, "is truncated inside the header")
     header = strict_json(raw, f"{where} header")
-    metadata = json_object(json_object(header, f"{where} header").pop("__metadata__", {}),
-                           f"{where} __metadata__")  # fmt: skip
+    metadata = json_object(
+        json_object(header, f"{where} header").pop("__metadata__", {}), f"{where} __metadata__"
+    )
     for key, value in metadata.items():
         if type(value) is not str:
             refuse(f"{where} __metadata__[{key!r}]", f"must be a string, got {describe(value)}")
@@ -276,19 +316,26 @@ def read_safetensors_header(path: os.PathLike, where: str) -> Header:
     position = 0
     for name, entry in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
         if entry.begin != position:
-            refuse(f"{where} tensor {name!r}", f"starts at byte {entry.begin}, expected {position} "
-                                               "(gap or overlap in the data)")  # fmt: skip
+            refuse(
+                f"{where} tensor {name!r}",
+                f"starts at byte {entry.begin}, expected {position} (gap or overlap in the data)",
+            )
         position = entry.end
     if position != size - 8 - n:
-        refuse(where, f"data section has {size - 8 - n} bytes but the header describes "
-                      f"{position} (truncated or padded file)")  # fmt: skip
+        refuse(
+            where,
+            f"data section has {size - 8 - n} bytes but the header describes "
+            f"{position} (truncated or padded file)",
+        )
     return Header(tensors, metadata)
 
 
 def _entry(body, where: str) -> TensorEntry:
     check_keys(body, where, {"dtype", "shape", "data_offsets"})
     if body["dtype"] not in ST_DTYPES:
-        refuse(where, f"unknown dtype {describe(body['dtype'])}; expected one of {sorted(ST_DTYPES)}")
+        refuse(
+            where, f"unknown dtype {describe(body['dtype'])}; expected one of {sorted(ST_DTYPES)}"
+        )
     dtype = ST_DTYPES[body["dtype"]]
     shape = coerce(body["shape"], tuple[int, ...], f"{where} shape")
     begin, end = coerce(body["data_offsets"], tuple[int, int], f"{where} data_offsets")
@@ -296,6 +343,9 @@ def _entry(body, where: str) -> TensorEntry:
         refuse(where, f"negative size in shape {shape} or data_offsets {[begin, end]}")
     n_bytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     if end - begin != n_bytes:
-        refuse(where, f"shape {shape} of {body['dtype']} needs {n_bytes} bytes, "
-                      f"data_offsets give {end - begin}")  # fmt: skip
+        refuse(
+            where,
+            f"shape {shape} of {body['dtype']} needs {n_bytes} bytes, "
+            f"data_offsets give {end - begin}",
+        )
     return TensorEntry(dtype, shape, begin, end)

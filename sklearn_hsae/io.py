@@ -29,28 +29,19 @@ import dataclasses
 import hashlib
 import json
 import os
-import typing
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
-from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
-from ._baselines import SparseAutoencoder
-from ._config import MODEL_CONFIGS
-from ._estimator import HierarchicalSparseAutoencoder
 from ._io_checks import (
     MAX_JSON_BYTES,
     ST_CODES,
     InvalidModelFileError,
     check_keys,
-    json_object,
-    coerce,
-    param_from_json,
     read_bounded,
     read_safetensors_header,
     refuse,
@@ -58,30 +49,27 @@ from ._io_checks import (
     strict_json,
     to_json_value,
 )
+from ._io_state import (
+    CONFIG_FILE,
+    ESTIMATORS,
+    FITTED_PREFIX,
+    FORMAT,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    TensorReader,
+    base_fitted,
+    check_document,
+    check_names,
+    config_from_json,
+    estimator_from_json,
+    meta_model,
+    numpy_dtype,
+    public_fitted,
+    restore_fitted,
+)
 from ._saelens import saelens_export
 
 __all__ = ["InvalidModelFileError", "export_saelens", "load", "save"]
-
-FORMAT, FORMAT_VERSION = "sklearn_hsae", 1
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-_FITTED_PREFIX = "fitted."
-_ESTIMATORS = {cls.__name__: cls for cls in (HierarchicalSparseAutoencoder, SparseAutoencoder)}
-# Fitted attributes BaseSparseAutoencoder sets for every estimator, with their lower bounds;
-# the rest come from ``_export_fitted`` and are checked against a recomputation.
-_BASE_FITTED = {
-    "n_features_in_": (int, 1),
-    "n_iter_": (int, 0),
-    "n_steps_": (int, 0),
-    "scale_": (float, 0.0),
-    "loss_curve_": (list[float], None),
-}
-# Stored fitted arrays must match the ones the weights imply to this fraction of their
-# largest entry: loose enough for a GPU's TF32 matmuls, tight enough to refuse garbage.
-_FITTED_RTOL = 1e-2
-
-
-def _public_fitted(est) -> dict:
-    return {k: v for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")}
 
 
 def _file_hash(data: bytes) -> str:
@@ -133,8 +121,8 @@ def save(estimator, path) -> None:
     0
     """
     cls = type(estimator)
-    if _ESTIMATORS.get(cls.__name__) is not cls:
-        raise TypeError(f"save() stores {sorted(_ESTIMATORS)} estimators, got {cls.__name__}.")
+    if ESTIMATORS.get(cls.__name__) is not cls:
+        raise TypeError(f"save() stores {sorted(ESTIMATORS)} estimators, got {cls.__name__}.")
     check_is_fitted(estimator)
     params = {
         name: to_json_value(value, f"parameter {name}")
@@ -142,26 +130,14 @@ def save(estimator, path) -> None:
     }
     config = estimator._config
     # The file must load: the fitted config must still be the one the parameters imply.
-    _config_from_json(estimator, _config_to_json(config), estimator.n_features_in_,
-                      ValueError, "the fitted model config")  # fmt: skip
-    tensors = {}
-    for name, array in estimator._model_state.items():
-        if name.startswith(_FITTED_PREFIX):
-            raise ValueError(f"Model state tensor {name!r} clashes with the fitted prefix.")
-        tensors[name] = np.asarray(array, order="C")  # keeps 0-d shapes
-    fitted = {}
-    for name, value in sorted(_public_fitted(estimator).items()):
-        if isinstance(value, np.ndarray) and value.dtype != object:
-            tensors[_FITTED_PREFIX + name] = np.asarray(value, order="C")
-        elif name == "feature_names_in_":
-            fitted[name] = [str(v) for v in value]
-        else:
-            fitted[name] = to_json_value(value, f"fitted attribute {name}")
-    for name, array in tensors.items():
-        if array.dtype not in ST_CODES:
-            raise ValueError(f"Tensor {name!r} has dtype {array.dtype}, which is not stored.")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise ValueError(f"Tensor {name!r} holds NaN or infinity; refusing to save it.")
+    config_from_json(
+        estimator,
+        _config_to_json(config),
+        estimator.n_features_in_,
+        ValueError,
+        "the fitted model config",
+    )
+    tensors, fitted = _arrays_and_scalars(estimator)
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -180,6 +156,29 @@ def save(estimator, path) -> None:
     _replace(path / CONFIG_FILE, lambda tmp: Path(tmp).write_bytes(config_bytes))
 
 
+def _arrays_and_scalars(estimator) -> tuple[dict, dict]:
+    """Model state and fitted arrays for safetensors; fitted scalars and lists for JSON."""
+    tensors = {}
+    for name, array in estimator._model_state.items():
+        if name.startswith(FITTED_PREFIX):
+            raise ValueError(f"Model state tensor {name!r} clashes with the fitted prefix.")
+        tensors[name] = np.asarray(array, order="C")  # keeps 0-d shapes
+    fitted = {}
+    for name, value in sorted(public_fitted(estimator).items()):
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            tensors[FITTED_PREFIX + name] = np.asarray(value, order="C")
+        elif name == "feature_names_in_":
+            fitted[name] = [str(v) for v in value]
+        else:
+            fitted[name] = to_json_value(value, f"fitted attribute {name}")
+    for name, array in tensors.items():
+        if array.dtype not in ST_CODES:
+            raise ValueError(f"Tensor {name!r} has dtype {array.dtype}, which is not stored.")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError(f"Tensor {name!r} holds NaN or infinity; refusing to save it.")
+    return tensors, fitted
+
+
 def _replace(target: Path, write) -> None:
     """Write to a temporary name, then rename: a crash never leaves half a file."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -192,7 +191,10 @@ def _replace(target: Path, write) -> None:
 
 def _config_to_json(config) -> dict:
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    return {"type": type(config).__name__, "fields": {k: to_json_value(v, k) for k, v in fields.items()}}
+    return {
+        "type": type(config).__name__,
+        "fields": {k: to_json_value(v, k) for k, v in fields.items()},
+    }
 
 
 # ------------------------------------------------------------------- load
@@ -250,7 +252,7 @@ def load(path, *, device=None):
 
     Examples
     --------
-    >>> import json, tempfile
+    >>> import tempfile
     >>> from pathlib import Path
     >>> from sklearn_hsae import SparseAutoencoder
     >>> from sklearn_hsae.datasets import make_hierarchical_activations
@@ -283,221 +285,36 @@ def load(path, *, device=None):
     if header.metadata["format"] != FORMAT:
         refuse(WEIGHTS_FILE, f"format {header.metadata['format']!r} is not {FORMAT!r}")
     if header.metadata["config_sha256"] != _file_hash(raw):
-        refuse(CONFIG_FILE, f"its SHA-256 differs from the one {WEIGHTS_FILE} records: one of "
-                            "the two files was edited, damaged or comes from another save")  # fmt: skip
-    doc = _check_document(strict_json(raw, CONFIG_FILE))
-    est = _estimator_from_json(doc["estimator"], doc["params"], device)
-    scalars = _base_fitted(doc["fitted"])
-    config = _config_from_json(est, doc["config"], scalars["n_features_in_"],
-                               InvalidModelFileError, f"{CONFIG_FILE} config")  # fmt: skip
-    meta = _meta_model(est, config)
-    expected = {name: (_numpy_dtype(t.dtype), tuple(t.shape)) for name, t in meta.state_dict().items()}
-    _check_names(header, doc["sha256"], expected)
+        refuse(
+            CONFIG_FILE,
+            f"its SHA-256 differs from the one {WEIGHTS_FILE} records: one of "
+            "the two files was edited, damaged or comes from another save",
+        )
+    doc = check_document(strict_json(raw, CONFIG_FILE))
+    est = estimator_from_json(doc["estimator"], doc["params"], device)
+    scalars = base_fitted(doc["fitted"])
+    config = config_from_json(
+        est,
+        doc["config"],
+        scalars["n_features_in_"],
+        InvalidModelFileError,
+        f"{CONFIG_FILE} config",
+    )
+    meta = meta_model(est, config)
+    expected = {
+        name: (numpy_dtype(t.dtype), tuple(t.shape)) for name, t in meta.state_dict().items()
+    }
+    check_names(header, doc["sha256"], expected)
     ranges = meta.integer_ranges()
-    with _Reader(path / WEIGHTS_FILE, header, doc["sha256"]) as reader:
+    with TensorReader(path / WEIGHTS_FILE, header, doc["sha256"]) as reader:
         state = {name: reader.read(name, *spec, ranges) for name, spec in expected.items()}
         # Everything the torch model is built from has now been checked.
         for name, value in scalars.items():
             setattr(est, name, value)
         est._config, est._model_state = config, state
         est._export_fitted(est._model_from_state(state, torch.device("cpu")))
-        _restore_fitted(est, doc["fitted"], header, reader)
+        restore_fitted(est, doc["fitted"], header, reader)
     return est
-
-
-def _check_document(doc) -> dict:
-    keys = {"format", "format_version", "package_version", "estimator", "params", "config",
-            "fitted", "sha256"}  # fmt: skip
-    check_keys(doc, CONFIG_FILE, keys)
-    if doc["format"] != FORMAT:
-        refuse(CONFIG_FILE, f"format {doc['format']!r} is not {FORMAT!r}")
-    version = coerce(doc["format_version"], int, f"{CONFIG_FILE} format_version")
-    if version != FORMAT_VERSION:
-        newer = "newer than this sklearn_hsae reads; upgrade" if version > FORMAT_VERSION else "unknown"
-        refuse(CONFIG_FILE, f"format_version {version} is {newer} (this version reads {FORMAT_VERSION})")
-    coerce(doc["package_version"], str, f"{CONFIG_FILE} package_version")
-    for key in ("params", "fitted", "sha256"):
-        json_object(doc[key], f"{CONFIG_FILE} {key}")
-    return doc
-
-
-def _estimator_from_json(name, params: dict, device):
-    where = f"{CONFIG_FILE} estimator"
-    if coerce(name, str, where) not in _ESTIMATORS:
-        refuse(where, f"{name!r} is not one of {sorted(_ESTIMATORS)}")
-    cls = _ESTIMATORS[name]
-    check_keys(params, f"{CONFIG_FILE} params", set(cls._get_param_names()))
-    values = {k: param_from_json(v, f"{CONFIG_FILE} params.{k}") for k, v in params.items()}
-    if device is not None:
-        values["device"] = device
-    est = cls(**values)
-    try:
-        est._validate_params()
-        if isinstance(est.device, str) and est.device != "auto":
-            torch.device(est.device)
-    except (InvalidParameterError, RuntimeError) as exc:
-        refuse(f"{CONFIG_FILE} params", str(exc))
-    return est
-
-
-def _base_fitted(fitted: dict) -> dict:
-    values = {}
-    for name, (hint, low) in _BASE_FITTED.items():
-        where = f"{CONFIG_FILE} fitted.{name}"
-        if name not in fitted:
-            refuse(where, "is missing")
-        values[name] = coerce(fitted[name], hint, where)
-        if low is not None and not values[name] > low - (hint is int):
-            refuse(where, f"must be {'>=' if hint is int else '>'} {low}, got {values[name]}")
-    return values
-
-
-def _config_from_json(est, obj, n_features: int, error: type, where: str):
-    """The model config from JSON, checked against the one est's parameters imply.
-
-    Shared by save (``error=ValueError``: the estimator changed since fit) and load.
-    A field that depends on the training-set size (found by asking the estimator for
-    the config of 1 and of 2**62 samples) need only lie between 0 and its larger value.
-    """
-    check_keys(obj, where, {"type", "fields"})
-    try:
-        est._check_sizes(n_features)
-        low, high = est._model_config(n_features, 1), est._model_config(n_features, 2**62)
-    except ValueError as exc:
-        raise error(f"{where}: the parameters are inconsistent ({exc})") from None
-    if obj["type"] != type(low).__name__ or obj["type"] not in MODEL_CONFIGS:
-        raise error(f"{where}: type {obj['type']!r} is not the {type(low).__name__} "
-                    f"that {type(est).__name__} builds")  # fmt: skip
-    cls = MODEL_CONFIGS[obj["type"]]
-    hints = typing.get_type_hints(cls)
-    check_keys(obj["fields"], f"{where}.fields", set(hints))
-    values = {k: coerce(v, hints[k], f"{where}.fields.{k}") for k, v in obj["fields"].items()}
-    for name, value in values.items():
-        a, b = getattr(low, name), getattr(high, name)
-        if a == b and value != a:
-            raise error(f"{where}.fields.{name}={value!r} differs from {a!r}, which the "
-                        f"parameters imply (refit, or restore the parameter)")  # fmt: skip
-        if a != b and not 0 <= value <= max(a, b):
-            raise error(f"{where}.fields.{name}={value!r} must lie in [0, {max(a, b)}]")
-    return cls(**values)
-
-
-def _meta_model(est, config):
-    """The model with shapes but no storage: names, dtypes and shapes to expect."""
-    try:
-        return est._new_model(config, torch.device("meta"))
-    except (RuntimeError, ValueError, TypeError, OverflowError) as exc:
-        refuse(f"{CONFIG_FILE} config", f"cannot build the model ({exc})")
-
-
-def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    try:
-        return torch.empty((), dtype=dtype).numpy().dtype
-    except TypeError:  # bfloat16 and friends have no numpy dtype
-        refuse(f"{CONFIG_FILE} config", f"the model holds {dtype} tensors, which cannot be stored")
-
-
-def _check_names(header, hashes: dict, expected: dict) -> None:
-    names = {n for n in header.tensors if not n.startswith(_FITTED_PREFIX)}
-    if names != expected.keys():
-        missing, extra = sorted(expected.keys() - names), sorted(names - expected.keys())
-        refuse(WEIGHTS_FILE, f"model tensors differ from the architecture's: missing {missing}, "
-                             f"unexpected {extra}")  # fmt: skip
-    if hashes.keys() != header.tensors.keys():
-        refuse(f"{CONFIG_FILE} sha256", f"lists {sorted(hashes)}, but {WEIGHTS_FILE} holds "
-                                        f"{sorted(header.tensors)}")  # fmt: skip
-    for name, digest in hashes.items():
-        if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")):
-            refuse(f"{CONFIG_FILE} sha256.{name}", f"must be 64 hex digits, got {digest!r:.80}")
-
-
-class _Reader:
-    """Reads one checked tensor at a time from a safetensors file (memory-mapped)."""
-
-    def __init__(self, path: Path, header, hashes: dict):
-        self.path, self.header, self.hashes = path, header, hashes
-
-    def __enter__(self):
-        try:
-            self.file = safe_open(self.path, framework="numpy")
-        except (SafetensorError, OSError) as exc:
-            refuse(WEIGHTS_FILE, f"safetensors cannot open it ({exc})")
-        return self
-
-    def __exit__(self, *exc):
-        self.file = None
-
-    def read(self, name: str, dtype: np.dtype, shape: tuple, ranges: dict) -> np.ndarray:
-        where = f"{WEIGHTS_FILE} tensor {name!r}"
-        entry = self.header.tensors[name]
-        if entry.dtype != dtype or entry.shape != shape:
-            refuse(where, f"is {ST_CODES[entry.dtype]} {list(entry.shape)}, expected "
-                          f"{ST_CODES.get(dtype, dtype)} {list(shape)}")  # fmt: skip
-        try:
-            array = np.array(self.file.get_tensor(name), copy=True)
-        except (SafetensorError, OSError, ValueError) as exc:
-            refuse(where, f"cannot be read ({exc})")
-        if array.dtype != dtype or array.shape != shape:
-            refuse(where, "changed while it was being read")
-        if sha256(array) != self.hashes[name]:
-            refuse(where, f"its SHA-256 differs from the one {CONFIG_FILE} records (damaged data)")
-        if array.dtype.kind == "f":
-            bad = array.size - int(np.isfinite(array).sum())
-            if bad:
-                refuse(where, f"holds {bad} NaN or infinite value(s)")
-        elif name not in ranges:
-            refuse(where, "is an integer tensor without a declared valid range; cannot check it")
-        else:
-            _check_range(array, where, *ranges[name])
-        return array
-
-
-def _check_range(array: np.ndarray, where: str, low: int, high: int | None) -> None:
-    """Integers (and bools, as bytes) must lie in [low, high); high=None: no upper bound."""
-    if array.size == 0:
-        return
-    values = array.view(np.uint8) if array.dtype.kind == "b" else array
-    if int(values.min()) < low or (high is not None and int(values.max()) >= high):
-        refuse(where, f"values span [{int(values.min())}, {int(values.max())}], outside the "
-                      f"valid range [{low}, {'inf' if high is None else high})")  # fmt: skip
-
-
-def _restore_fitted(est, fitted: dict, header, reader: _Reader) -> None:
-    """Check the stored fitted attributes against the recomputed ones, then keep them."""
-    derived = {k: v for k, v in _public_fitted(est).items() if k not in _BASE_FITTED}
-    arrays = {k for k, v in derived.items() if isinstance(v, np.ndarray)}
-    stored = {n[len(_FITTED_PREFIX):] for n in header.tensors if n.startswith(_FITTED_PREFIX)}
-    if stored != arrays:
-        refuse(WEIGHTS_FILE, f"fitted arrays {sorted(stored)} differ from the expected {sorted(arrays)}")
-    check_keys(fitted, f"{CONFIG_FILE} fitted", set(_BASE_FITTED) | (derived.keys() - arrays),
-               frozenset({"feature_names_in_"}))  # fmt: skip
-    for name in sorted(derived.keys() - arrays):
-        ref, where = derived[name], f"{CONFIG_FILE} fitted.{name}"
-        value = coerce(fitted[name], type(to_json_value(ref, where)), where)
-        if not _agrees(np.asarray(value), np.asarray(ref)):
-            refuse(where, f"{value!r} disagrees with {ref!r}, which the weights imply")
-        setattr(est, name, value)
-    for name in sorted(arrays):
-        ref = derived[name]
-        array = reader.read(_FITTED_PREFIX + name, ref.dtype, ref.shape, {
-            _FITTED_PREFIX + k: v for k, v in est._integer_ranges().items()})  # fmt: skip
-        if not _agrees(array, ref):
-            refuse(f"{WEIGHTS_FILE} tensor {_FITTED_PREFIX + name!r}",
-                   "disagrees with the values the model weights imply")
-        setattr(est, name, array)
-    if "feature_names_in_" in fitted:
-        names = coerce(fitted["feature_names_in_"], list[str], f"{CONFIG_FILE} fitted.feature_names_in_")
-        if len(names) != est.n_features_in_:
-            refuse(f"{CONFIG_FILE} fitted.feature_names_in_",
-                   f"has {len(names)} names for {est.n_features_in_} features")
-        est.feature_names_in_ = np.asarray(names, dtype=object)
-
-
-def _agrees(stored: np.ndarray, ref: np.ndarray) -> bool:
-    if ref.dtype.kind != "f":
-        return np.array_equal(stored, ref)
-    scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
-    return np.allclose(stored, ref, rtol=_FITTED_RTOL, atol=_FITTED_RTOL * scale)
 
 
 # ---------------------------------------------------------------- SAELens
@@ -561,8 +378,10 @@ def export_saelens(estimator, path, level="parent", *, metadata=None) -> None:
     """
     check_is_fitted(estimator)
     if level != "parent":
-        raise ValueError(f"level={level!r} has no SAELens form; only level='parent' (the flat "
-                         "TopK level) can be exported: routed children are not a flat SAE.")  # fmt: skip
+        raise ValueError(
+            f"level={level!r} has no SAELens form; only level='parent' (the flat "
+            "TopK level) can be exported: routed children are not a flat SAE."
+        )
     cfg, tensors = saelens_export(estimator, __version__)
     extra = {k: to_json_value(v, f"metadata[{k!r}]") for k, v in (metadata or {}).items()}
     cfg["metadata"] = {**cfg["metadata"], **extra}

@@ -6,25 +6,24 @@ import json
 import os
 import pickle
 import resource
-from pathlib import Path
 
 import joblib
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from model_files import CONFIG, WEIGHTS, forge, forge_header, read_model, split_safetensors
 from safetensors.numpy import load_file
 from sklearn.exceptions import NotFittedError
 
 import sklearn_hsae._io_checks
+import sklearn_hsae._io_state
 import sklearn_hsae._saelens
 from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder, io
 from sklearn_hsae._config import MODEL_CONFIGS
 from sklearn_hsae._io_checks import coerce
 from sklearn_hsae.datasets import make_hierarchical_activations
 from sklearn_hsae.io import InvalidModelFileError, export_saelens, load, save
-
-from model_files import CONFIG, WEIGHTS, forge, forge_header, read_model, split_safetensors
 
 HSAE = dict(n_parents=8, n_children=3, subspace_dim=2, k=2, max_iter=2, batch_size=64)
 SAE = dict(n_components=12, k=3, max_iter=2, batch_size=64)
@@ -45,9 +44,15 @@ MODELS = {
 
 @pytest.fixture(scope="module")
 def X():
-    X, *_ = make_hierarchical_activations(n_samples=400, n_features=16, n_parents=6,
-                                          n_children=3, subspace_dim=2, n_active=2,
-                                          random_state=0)  # fmt: skip
+    X, *_ = make_hierarchical_activations(
+        n_samples=400,
+        n_features=16,
+        n_parents=6,
+        n_children=3,
+        subspace_dim=2,
+        n_active=2,
+        random_state=0,
+    )
     return X * 3.0 + 0.5  # not already unit-scaled, so folding the scale matters
 
 
@@ -81,7 +86,7 @@ def assert_same_params(a, b):
     ra, rb = pa.pop("random_state"), pb.pop("random_state")
     assert pa == pb
     if isinstance(ra, np.random.RandomState):
-        for x, y in zip(ra.get_state(), rb.get_state()):
+        for x, y in zip(ra.get_state(), rb.get_state(), strict=True):
             np.testing.assert_array_equal(x, y)
     else:
         assert ra == rb
@@ -120,8 +125,16 @@ def test_file_layout(fitted, tmp_path):
     save(est, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG, WEIGHTS, "notes.txt"]
     doc, tensors = read_model(tmp_path)
-    assert list(doc) == ["format", "format_version", "package_version", "estimator", "params",
-                         "config", "fitted", "sha256"]  # fmt: skip
+    assert list(doc) == [
+        "format",
+        "format_version",
+        "package_version",
+        "estimator",
+        "params",
+        "config",
+        "fitted",
+        "sha256",
+    ]
     assert (doc["format"], doc["format_version"]) == ("sklearn_hsae", 1)
     assert doc["estimator"] == "HierarchicalSparseAutoencoder"
     assert doc["params"] == est.get_params()
@@ -131,7 +144,9 @@ def test_file_layout(fitted, tmp_path):
     assert doc["fitted"]["scale_"] == est.scale_ and doc["fitted"]["n_steps_"] == 2 * 7
     fitted_arrays = {"parent_components_", "child_components_", "child_parent_", "intercept_"}
     assert set(tensors) == set(est._model_state) | {f"fitted.{n}" for n in fitted_arrays}
-    assert tensors["W_down"].shape == (8, 2, 16) and tensors["fitted.child_parent_"].dtype == np.int64
+    assert (
+        tensors["W_down"].shape == (8, 2, 16) and tensors["fitted.child_parent_"].dtype == np.int64
+    )
     assert set(doc["sha256"]) == set(tensors)
     header, _ = split_safetensors((tmp_path / WEIGHTS).read_bytes())
     assert header["__metadata__"]["format"] == "sklearn_hsae"
@@ -140,12 +155,19 @@ def test_file_layout(fitted, tmp_path):
 def test_io_modules_use_no_pickle():
     """No unpickler is imported or called by the io modules (checked on their syntax tree)."""
     unpicklers = {"pickle", "joblib", "cloudpickle", "dill", "marshal", "shelve"}
-    for module in (io, sklearn_hsae._io_checks, sklearn_hsae._saelens):
+    for module in (io, sklearn_hsae._io_checks, sklearn_hsae._io_state, sklearn_hsae._saelens):
         tree = ast.parse(inspect.getsource(module))
-        imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-                    if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
-        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                     if isinstance(node, ast.ImportFrom) and node.module}  # fmt: skip
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in node.names
+        }
+        imported |= {
+            node.module.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
         calls = {ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
         assert not imported & unpicklers, module.__name__
         assert not calls & {"torch.load", "np.load", "eval", "exec"}, module.__name__
@@ -264,7 +286,8 @@ EDITS = {
         "'W_enc': is F32 \\[16, 8\\], expected F32 \\[8, 16\\]",
     ),
     "float64 b_dec": (
-        lambda d, t: t.update(b_dec=t["b_dec"].astype(np.float64)), "'b_dec': is F64",
+        lambda d, t: t.update(b_dec=t["b_dec"].astype(np.float64)),
+        "'b_dec': is F64",
     ),
     "NaN": (lambda d, t: t["b_enc"].__setitem__(3, np.nan), "'b_enc': holds 1 NaN"),
     "missing tensor": (lambda d, t: t.pop("D_child"), "missing \\['D_child'\\]"),
@@ -322,6 +345,14 @@ def test_missing_and_odd_files(fitted, tmp_path):
         load(tmp_path)
 
 
+def test_an_oversized_config_is_refused_unread(fitted, tmp_path, monkeypatch):
+    save(fitted["sae-topk"], tmp_path)
+    size = (tmp_path / CONFIG).stat().st_size
+    monkeypatch.setattr(io, "MAX_JSON_BYTES", size - 1)
+    with pytest.raises(InvalidModelFileError, match=f"larger than the {size - 1}-byte limit"):
+        load(tmp_path)
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
 def test_a_fifo_is_refused_instead_of_blocking(fitted, tmp_path):
     save(fitted["sae-topk"], tmp_path)
@@ -341,7 +372,9 @@ def test_giant_size_claims_are_refused_before_allocating(fitted, tmp_path):
         "consistent": {"dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [0, 2**42]},
         "short": {"dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [0, 768]},
     }
-    for claim, message in zip(claims.values(), ["gap or overlap", "needs 4398046511104 bytes"]):
+    for claim, message in zip(
+        claims.values(), ["gap or overlap", "needs 4398046511104"], strict=True
+    ):
         forge_header(tmp_path, config, {**header, "W_enc": claim}, data)
         with pytest.raises(InvalidModelFileError, match=message):
             load(tmp_path)
@@ -352,7 +385,10 @@ def test_giant_size_claims_are_refused_before_allocating(fitted, tmp_path):
     doc, tensors = read_model(tmp_path)
     doc["params"]["n_components"] = doc["config"]["fields"]["n_latents"] = 2**40
     forge(tmp_path, doc, tensors)  # a config that implies a 2**40-wide dictionary
-    with pytest.raises(InvalidModelFileError, match="'W_enc': is F32 \\[12, 16\\], expected F32 \\[1099511627776, 16\\]"):
+    with pytest.raises(
+        InvalidModelFileError,
+        match="'W_enc': is F32 \\[12, 16\\], expected F32 \\[1099511627776, 16\\]",
+    ):
         load(tmp_path)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss) / 1024
     assert grown_mib < 64
@@ -365,8 +401,11 @@ def test_every_integer_tensor_declares_its_range(name, fitted):
     meta = est._new_model(est._config, torch.device("meta"))
     integer = {n for n, t in meta.state_dict().items() if not t.is_floating_point()}
     assert integer and integer <= meta.integer_ranges().keys()
-    integer_fitted = {k for k, v in public_fitted(est).items()
-                      if isinstance(v, np.ndarray) and v.dtype.kind in "iub"}  # fmt: skip
+    integer_fitted = {
+        k
+        for k, v in public_fitted(est).items()
+        if isinstance(v, np.ndarray) and v.dtype.kind in "iub"
+    }
     assert integer_fitted <= est._integer_ranges().keys()
 
 
@@ -395,7 +434,9 @@ def _saelens_encode(cfg, w, X):
 
 
 def _our_top_level(est, X):
-    return est.encode(X).parent if isinstance(est, HierarchicalSparseAutoencoder) else est.transform(X)
+    return (
+        est.encode(X).parent if isinstance(est, HierarchicalSparseAutoencoder) else est.transform(X)
+    )
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS if "names" not in n])
@@ -425,23 +466,34 @@ def test_export_saelens_refuses_levels_without_a_flat_form(fitted, tmp_path):
         export_saelens(fitted["hsae-unit-f64"], tmp_path, level="child")
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
-                            "ignore::FutureWarning")  # fmt: skip
+@pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning"
+)
 def test_saelens_reads_our_export(tmp_path):
     """Needs sae_lens (the [saelens] extra), which `make test` does not install."""
     sae_lens = pytest.importorskip("sae_lens")
-    X, *_ = make_hierarchical_activations(n_samples=3000, n_features=64, n_parents=32,
-                                          n_children=4, subspace_dim=3, n_active=4,
-                                          random_state=0)  # fmt: skip
+    X, *_ = make_hierarchical_activations(
+        n_samples=3000,
+        n_features=64,
+        n_parents=32,
+        n_children=4,
+        subspace_dim=3,
+        n_active=4,
+        random_state=0,
+    )
     X = X * 37.0 + 5.0  # raw-looking activations: scale and offset
     models = {
-        "hsae-global": HierarchicalSparseAutoencoder(n_parents=32, n_children=4, subspace_dim=3, k=4),
-        "hsae-unit": HierarchicalSparseAutoencoder(n_parents=32, n_children=4, subspace_dim=3, k=4,
-                                                   normalize="unit"),
+        "hsae-global": HierarchicalSparseAutoencoder(
+            n_parents=32, n_children=4, subspace_dim=3, k=4
+        ),
+        "hsae-unit": HierarchicalSparseAutoencoder(
+            n_parents=32, n_children=4, subspace_dim=3, k=4, normalize="unit"
+        ),
         "sae-topk-f64": SparseAutoencoder(n_components=48, k=5, dtype="float64", normalize=None),
-        "sae-batchtopk": SparseAutoencoder(n_components=48, k=5, activation="batchtopk",
-                                           matryoshka_prefixes=[12, 24]),
-    }  # fmt: skip
+        "sae-batchtopk": SparseAutoencoder(
+            n_components=48, k=5, activation="batchtopk", matryoshka_prefixes=[12, 24]
+        ),
+    }
     for name, est in models.items():
         est.set_params(max_iter=3, batch_size=256, random_state=0).fit(X)
         export_saelens(est, tmp_path / name)
@@ -451,8 +503,10 @@ def test_saelens_reads_our_export(tmp_path):
             acts, recon = sae.encode(x).numpy(), sae(x).numpy()
         ours = _our_top_level(est, X)
         active = [np.flatnonzero(row) for row in acts]
-        mismatched = sum(not np.array_equal(a, ours.indices[ours.indptr[i]:ours.indptr[i + 1]])
-                         for i, a in enumerate(active))  # fmt: skip
+        mismatched = sum(
+            not np.array_equal(a, ours.indices[ours.indptr[i] : ours.indptr[i + 1]])
+            for i, a in enumerate(active)
+        )
         assert mismatched == 0, name
         dense = ours.toarray()
         if est.normalize == "unit":
@@ -464,3 +518,53 @@ def test_saelens_reads_our_export(tmp_path):
         else:
             expected = est.inverse_transform(ours)
         np.testing.assert_allclose(recon, expected, rtol=1e-4, atol=1e-4 * np.abs(X).max())
+
+
+# -------------------------------------------------------------- properties
+def _random_estimator(rng):
+    common = dict(
+        max_iter=1,
+        batch_size=int(rng.integers(1, 17)),
+        random_state=int(rng.integers(1000)),
+        dtype=str(rng.choice(["float32", "float64"])),
+        normalize=rng.choice(["global", "unit", None]),
+    )
+    if rng.random() < 0.5:
+        n_parents = int(rng.integers(1, 7))
+        return HierarchicalSparseAutoencoder(
+            n_parents,
+            n_children=int(rng.integers(1, 5)),
+            subspace_dim=int(rng.integers(1, 5)),
+            k=int(rng.integers(1, n_parents + 1)),
+            **common,
+        )
+    n = int(rng.integers(2, 11))
+    prefixes = [int(rng.integers(1, n))] if rng.random() < 0.3 else None
+    return SparseAutoencoder(
+        n,
+        k=int(rng.integers(1, n + 1)),
+        matryoshka_prefixes=prefixes,
+        activation=str(rng.choice(["topk", "batchtopk"])),
+        **common,
+    )
+
+
+def test_random_valid_sizes_keep_shapes_dtypes_and_round_trip(tmp_path):
+    """Seeded random sizes: transform / inverse_transform shapes and dtypes, bitwise reload."""
+    rng = np.random.default_rng(2024)
+    for trial in range(24):
+        est = _random_estimator(rng)
+        n_samples, n_features = int(rng.integers(1, 40)), int(rng.integers(1, 10))
+        x_dtype = rng.choice([np.float32, np.float64])
+        X = (rng.normal(size=(n_samples, n_features)) * rng.uniform(0.1, 50)).astype(x_dtype)
+        est.fit(X)
+        Z = est.transform(X)
+        width = sum(est._level_widths())
+        assert Z.shape == (n_samples, width) and Z.dtype == x_dtype, (trial, est)
+        assert np.isfinite(Z.data).all()
+        R = est.inverse_transform(Z)
+        assert R.shape == X.shape and R.dtype == x_dtype and np.isfinite(R).all(), (trial, est)
+        save(est, tmp_path / str(trial))
+        Z2 = load(tmp_path / str(trial)).transform(X)
+        assert Z2.dtype == Z.dtype and (Z2 != Z).nnz == 0, (trial, est)
+        np.testing.assert_array_equal(Z2.indices, Z.indices)
