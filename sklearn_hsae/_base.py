@@ -184,7 +184,9 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         """One pass over X in minibatches of ``batch_size`` rows, in the given order.
 
         The first call initialises the model (scale and biases from this X); the learning
-        rate warms up over the first 100 steps and then stays at ``learning_rate``.
+        rate warms up over the first 100 steps and then stays at ``learning_rate``. After
+        ``sklearn_hsae.io.load``, whose files hold no optimizer state, the next call starts
+        a fresh Adam optimizer (zero moments) that keeps counting steps from ``n_steps_``.
 
         Parameters
         ----------

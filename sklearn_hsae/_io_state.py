@@ -239,52 +239,82 @@ def check_range(array: np.ndarray, where: str, low: int, high: int | None) -> No
         )
 
 
-def restore_fitted(est, fitted: dict, header, reader: TensorReader) -> None:
+def array_parts(name: str, value) -> dict | None:
+    """A fitted attribute as safetensors entries, or None if it belongs in JSON.
+
+    An array is one entry; a list of arrays (one per level, say) is ``name.0``,
+    ``name.1``, ...
+    """
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return {name: value}
+    if isinstance(value, (list, tuple)) and value:
+        if all(isinstance(v, np.ndarray) and v.dtype != object for v in value):
+            return {f"{name}.{i}": v for i, v in enumerate(value)}
+    return None
+
+
+def integer_ranges(est, model) -> dict:
+    """Declared [low, high) of integer tensors: the model's, then the fitted arrays'.
+
+    A list attribute's range applies to every item unless ``name.i`` has its own.
+    """
+    ranges = dict(getattr(model, "integer_ranges", dict)())
+    declared = est._integer_ranges()
+    for name, value in public_fitted(est).items():
+        for part in array_parts(name, value) or {}:
+            if part in declared or name in declared:
+                ranges[FITTED_PREFIX + part] = declared.get(part, declared.get(name))
+    return ranges
+
+
+def restore_fitted(est, fitted: dict, header, reader: TensorReader, model) -> None:
     """Check the stored fitted attributes against the recomputed ones, then keep them."""
     derived = {k: v for k, v in public_fitted(est).items() if k not in BASE_FITTED}
-    arrays = {k for k, v in derived.items() if isinstance(v, np.ndarray)}
-    stored = {n[len(FITTED_PREFIX) :] for n in header.tensors if n.startswith(FITTED_PREFIX)}
-    if stored != arrays:
+    parts = {}  # safetensors name -> (attribute, recomputed array)
+    for name, value in derived.items():
+        for part, ref in (array_parts(name, value) or {}).items():
+            parts[FITTED_PREFIX + part] = (name, ref)
+    stored = {n for n in header.tensors if n.startswith(FITTED_PREFIX)}
+    if stored != parts.keys():
         refuse(
-            WEIGHTS_FILE,
-            f"fitted arrays {sorted(stored)} differ from the expected {sorted(arrays)}",
+            WEIGHTS_FILE, f"fitted arrays {sorted(stored)} differ from the expected {sorted(parts)}"
         )
+    in_arrays = {name for name, _ in parts.values()}
+    optional = frozenset({"feature_names_in_"})
     check_keys(
-        fitted,
-        f"{CONFIG_FILE} fitted",
-        set(BASE_FITTED) | (derived.keys() - arrays),
-        frozenset({"feature_names_in_"}),
+        fitted, f"{CONFIG_FILE} fitted", set(BASE_FITTED) | (derived.keys() - in_arrays), optional
     )
-    for name in sorted(derived.keys() - arrays):
+    for name in sorted(derived.keys() - in_arrays):
         ref, where = derived[name], f"{CONFIG_FILE} fitted.{name}"
         value = coerce(fitted[name], type(to_json_value(ref, where)), where)
         if not agrees(np.asarray(value), np.asarray(ref)):
             refuse(where, f"{value!r} disagrees with {ref!r}, which the weights imply")
         setattr(est, name, value)
-    for name in sorted(arrays):
+    ranges, arrays = integer_ranges(est, model), {}
+    for part, (_, ref) in sorted(parts.items()):
+        arrays[part] = reader.read(part, ref.dtype, ref.shape, ranges)
+        if not agrees(arrays[part], ref):
+            refuse(f"{WEIGHTS_FILE} tensor {part!r}", "disagrees with the values the weights imply")
+    for name in in_arrays:
         ref = derived[name]
-        array = reader.read(
-            FITTED_PREFIX + name,
-            ref.dtype,
-            ref.shape,
-            {FITTED_PREFIX + k: v for k, v in est._integer_ranges().items()},
-        )
-        if not agrees(array, ref):
-            refuse(
-                f"{WEIGHTS_FILE} tensor {FITTED_PREFIX + name!r}",
-                "disagrees with the values the model weights imply",
+        if isinstance(ref, np.ndarray):
+            setattr(est, name, arrays[FITTED_PREFIX + name])
+        else:
+            setattr(
+                est, name, type(ref)(arrays[f"{FITTED_PREFIX}{name}.{i}"] for i in range(len(ref)))
             )
-        setattr(est, name, array)
     if "feature_names_in_" in fitted:
-        names = coerce(
-            fitted["feature_names_in_"], list[str], f"{CONFIG_FILE} fitted.feature_names_in_"
-        )
+        where = f"{CONFIG_FILE} fitted.feature_names_in_"
+        names = coerce(fitted["feature_names_in_"], list[str], where)
         if len(names) != est.n_features_in_:
-            refuse(
-                f"{CONFIG_FILE} fitted.feature_names_in_",
-                f"has {len(names)} names for {est.n_features_in_} features",
-            )
+            refuse(where, f"has {len(names)} names for {est.n_features_in_} features")
         est.feature_names_in_ = np.asarray(names, dtype=object)
+
+
+def undeclared_integers(est, model, tensors: dict) -> list[str]:
+    """Integer tensors about to be saved whose valid range nobody declared."""
+    ranges = integer_ranges(est, model)
+    return sorted(n for n, a in tensors.items() if a.dtype.kind in "iub" and n not in ranges)
 
 
 def agrees(stored: np.ndarray, ref: np.ndarray) -> bool:

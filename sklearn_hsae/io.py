@@ -57,6 +57,7 @@ from ._io_state import (
     FORMAT_VERSION,
     WEIGHTS_FILE,
     TensorReader,
+    array_parts,
     base_fitted,
     check_document,
     check_names,
@@ -66,6 +67,7 @@ from ._io_state import (
     numpy_dtype,
     public_fitted,
     restore_fitted,
+    undeclared_integers,
 )
 from ._saelens import saelens_export
 
@@ -99,6 +101,9 @@ def save(estimator, path) -> None:
     ValueError
         If a parameter cannot be written as JSON, the weights hold NaN or infinity, or
         a parameter that shapes the model was changed with ``set_params`` after fitting.
+    NotImplementedError
+        If the model holds an integer tensor whose valid range it does not declare
+        (``integer_ranges()``), which :func:`load` could not check.
 
     See Also
     --------
@@ -138,6 +143,13 @@ def save(estimator, path) -> None:
         "the fitted model config",
     )
     tensors, fitted = _arrays_and_scalars(estimator)
+    undeclared = undeclared_integers(estimator, estimator._new_model(config, "meta"), tensors)
+    if undeclared:
+        raise NotImplementedError(
+            f"No valid range is declared for the integer tensors {undeclared} (the model's "
+            "integer_ranges() or the estimator's _integer_ranges()), so load() could not "
+            "check them; declare one before saving."
+        )
     document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -165,8 +177,9 @@ def _arrays_and_scalars(estimator) -> tuple[dict, dict]:
         tensors[name] = np.asarray(array, order="C")  # keeps 0-d shapes
     fitted = {}
     for name, value in sorted(public_fitted(estimator).items()):
-        if isinstance(value, np.ndarray) and value.dtype != object:
-            tensors[FITTED_PREFIX + name] = np.asarray(value, order="C")
+        parts = array_parts(name, value)
+        if parts is not None:
+            tensors.update({FITTED_PREFIX + k: np.asarray(v, order="C") for k, v in parts.items()})
         elif name == "feature_names_in_":
             fitted[name] = [str(v) for v in value]
         else:
@@ -305,7 +318,7 @@ def load(path, *, device=None):
         name: (numpy_dtype(t.dtype), tuple(t.shape)) for name, t in meta.state_dict().items()
     }
     check_names(header, doc["sha256"], expected)
-    ranges = meta.integer_ranges()
+    ranges = getattr(meta, "integer_ranges", dict)()
     with TensorReader(path / WEIGHTS_FILE, header, doc["sha256"]) as reader:
         state = {name: reader.read(name, *spec, ranges) for name, spec in expected.items()}
         # Everything the torch model is built from has now been checked.
@@ -313,7 +326,7 @@ def load(path, *, device=None):
             setattr(est, name, value)
         est._config, est._model_state = config, state
         est._export_fitted(est._model_from_state(state, torch.device("cpu")))
-        restore_fitted(est, doc["fitted"], header, reader)
+        restore_fitted(est, doc["fitted"], header, reader, meta)
     return est
 
 
