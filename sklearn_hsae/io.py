@@ -345,7 +345,8 @@ def export_saelens(estimator, path, level="parent", *, metadata=None) -> None:
     - ``normalize="unit"`` becomes SAELens' ``"constant_norm_rescale"`` (rows scaled to
       norm sqrt(d_in)) with ``W_enc`` divided and ``W_dec`` multiplied by sqrt(d_in);
       SAELens then reports activations in unit-norm units (ours are multiplied by each
-      row's norm) and turns all-zero rows into NaN, where we return zeros;
+      row's norm), turns all-zero rows into NaN, where we return zeros, and keeps each
+      batch's norms from ``encode`` for the following ``decode`` (use ``sae(x)``);
     - TopK exports as architecture ``"topk"``; BatchTopK as ``"jumprelu"`` with every
       threshold equal to ``threshold_``, the form SAELens saves its own BatchTopK SAEs
       in for inference. Matryoshka prefixes only shape training and are dropped.
@@ -367,8 +368,10 @@ def export_saelens(estimator, path, level="parent", *, metadata=None) -> None:
 
     Raises
     ------
+    TypeError
+        If ``estimator`` is not one of the package's estimators.
     ValueError
-        If the level or the architecture has no SAELens form.
+        If the level or the architecture has no SAELens form, or ``metadata`` is not JSON.
 
     Examples
     --------
@@ -389,6 +392,8 @@ def export_saelens(estimator, path, level="parent", *, metadata=None) -> None:
     >>> cfg["architecture"], cfg["k"], cfg["d_in"], cfg["d_sae"], cfg["normalize_activations"]
     ('topk', 3, 64, 16, 'none')
     """
+    if ESTIMATORS.get(type(estimator).__name__) is not type(estimator):
+        raise TypeError(f"export_saelens() exports {sorted(ESTIMATORS)}, got {type(estimator)}.")
     check_is_fitted(estimator)
     if level != "parent":
         raise ValueError(
@@ -396,7 +401,10 @@ def export_saelens(estimator, path, level="parent", *, metadata=None) -> None:
             "TopK level) can be exported: routed children are not a flat SAE."
         )
     cfg, tensors = saelens_export(estimator, __version__)
-    extra = {k: to_json_value(v, f"metadata[{k!r}]") for k, v in (metadata or {}).items()}
+    try:  # a copy that is surely JSON (SAELens keeps e.g. model_from_pretrained_kwargs here)
+        extra = json.loads(json.dumps(dict(metadata or {}), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must hold JSON values only: {exc}") from None
     cfg["metadata"] = {**cfg["metadata"], **extra}
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

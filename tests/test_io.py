@@ -499,7 +499,9 @@ def _our_top_level(est, X):
 @pytest.mark.parametrize("name", [n for n in MODELS if "names" not in n])
 def test_export_saelens_layout_and_encoding(name, fitted, X, tmp_path):
     est = fitted[name]
-    export_saelens(est, tmp_path, metadata={"hook_name": "blocks.0.hook_resid_post"})
+    kwargs = {"center_writing_weights": False}
+    metadata = {"hook_name": "blocks.0.hook_resid_post", "model_from_pretrained_kwargs": kwargs}
+    export_saelens(est, tmp_path, metadata=metadata)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     w = load_file(tmp_path / "sae_weights.safetensors")
     batchtopk = getattr(est, "activation", "topk") == "batchtopk"
@@ -507,6 +509,7 @@ def test_export_saelens_layout_and_encoding(name, fitted, X, tmp_path):
     assert cfg["architecture"] == ("jumprelu" if batchtopk else "topk")
     assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == (16, d_sae, est.dtype)
     assert cfg["metadata"]["hook_name"] == "blocks.0.hook_resid_post"
+    assert cfg["metadata"]["model_from_pretrained_kwargs"] == kwargs
     assert cfg["metadata"]["sae_lens_version"].startswith("6.")
     assert w["W_enc"].shape == (16, d_sae) and w["W_dec"].shape == (d_sae, 16)
     assert all(a.dtype == np.dtype(est.dtype) for a in w.values())
@@ -521,6 +524,11 @@ def test_export_saelens_layout_and_encoding(name, fitted, X, tmp_path):
 def test_export_saelens_refuses_levels_without_a_flat_form(fitted, tmp_path):
     with pytest.raises(ValueError, match="level='child' has no SAELens form"):
         export_saelens(fitted["hsae-unit-f64"], tmp_path, level="child")
+    with pytest.raises(ValueError, match="metadata must hold JSON values only"):
+        export_saelens(fitted["sae-topk"], tmp_path, metadata={"when": object()})
+    with pytest.raises(TypeError, match="export_saelens\\(\\) exports"):
+        export_saelens(object(), tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.filterwarnings(
