@@ -71,6 +71,15 @@ class RoutedArchitecture:
         est.parent_index_by_level_ = [np.full(est.n_parents, -1), est.child_parent_]
 
     @staticmethod
+    def integer_ranges(est) -> dict:
+        """Valid [low, high) of the integer fitted arrays (checked by ``io.load``)."""
+        return {
+            "child_parent_": (0, est.n_parents),
+            "parent_index_by_level_.0": (-1, 0),
+            "parent_index_by_level_.1": (0, est.n_parents),
+        }
+
+    @staticmethod
     def components_stack(est) -> np.ndarray:
         """Parents and children add up: ``x_hat = Z @ stack + intercept_``."""
         return np.vstack([est.parent_components_, est.child_components_])
@@ -138,6 +147,15 @@ class TreeArchitecture:
         est.child_components_ = est.components_by_level_[1]
         est.child_parent_ = est.parent_index_by_level_[1]
         est.intercept_ = est.intercept_by_level_[-1]
+
+    @staticmethod
+    def integer_ranges(est) -> dict:
+        """Valid [low, high) of the integer fitted arrays; -1 marks "no parent"."""
+        widths = TreeArchitecture.widths(est)
+        ranges = {"child_parent_": (-1, widths[0]), "parent_index_by_level_.0": (-1, 0)}
+        for level in range(1, len(widths)):
+            ranges[f"parent_index_by_level_.{level}"] = (-1, widths[level - 1])
+        return ranges
 
     @staticmethod
     def components_stack(est) -> np.ndarray:

@@ -187,7 +187,9 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         """One pass over X in minibatches of ``batch_size`` rows, in the given order.
 
         The first call initialises the model (scale and biases from this X); the learning
-        rate warms up over the first 100 steps and then stays at ``learning_rate``.
+        rate warms up over the first 100 steps and then stays at ``learning_rate``. After
+        ``sklearn_hsae.io.load``, whose files hold no optimizer state, the next call starts
+        a fresh Adam optimizer (zero moments) that keeps counting steps from ``n_steps_``.
 
         Parameters
         ----------
@@ -222,10 +224,18 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
             return Trainer(model, self._train_config(None))
         trainer = getattr(self, "_trainer", None)
         if trainer is None or next(trainer.model.parameters()).device != device:
-            # Unpickled (numpy state only) or moved to another device.
-            saved = self._trainer_state if trainer is None else _optimizer_state(trainer)
+            # Unpickled (numpy state only), moved to another device, or loaded by
+            # sklearn_hsae.io, whose files hold no optimizer state.
+            if trainer is None:
+                saved = getattr(self, "_trainer_state", None)
+            else:
+                saved = _optimizer_state(trainer)
             trainer = Trainer(self._model_from_state(self._model_state, device), self._train_config(None))
-            trainer.load_state_dict(_to_torch(saved, device))
+            if saved is not None:
+                trainer.load_state_dict(_to_torch(saved, device))
+            else:
+                # A fresh Adam (zero moments) that keeps counting steps from n_steps_.
+                trainer.step_count = self.n_steps_
         # After fit the cosine schedule is over: streaming continues at a constant rate.
         trainer.config = self._train_config(None)
         return trainer
@@ -252,6 +262,15 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         self.n_steps_ = trainer.step_count
         self._model_state = _to_numpy(trainer.model.state_dict())
         self._export_fitted(trainer.model)
+
+    def _integer_ranges(self) -> dict:
+        """Valid ``[low, high)`` of every integer fitted array (``high=None``: unbounded).
+
+        ``sklearn_hsae.io.load`` refuses a file whose integer arrays leave these ranges, so
+        a hostile file cannot smuggle in an index that points outside a dictionary. An
+        index that may be unassigned uses ``low=-1``.
+        """
+        return {}
 
     def _public_intercept(self, b_dec: np.ndarray) -> np.ndarray:
         """The decoder bias in input units (zero for per-row unit scaling)."""

@@ -111,3 +111,11 @@ class TreeConfig:
     l0_gain: float = 0.01
     """Multiplicative step of the L0 coefficient when L0 leaves the trajectory (not given
     in paper 2; our choice)."""
+
+
+MODEL_CONFIGS: dict[str, type] = {cls.__name__: cls for cls in (RoutedConfig, FlatConfig, TreeConfig)}
+"""Model configurations ``sklearn_hsae.io`` may rebuild from a file, by class name.
+
+A file names its config type; only these are ever constructed. A new architecture adds
+its config here (fields typed with int, float, bool, str, tuples of those or ``X | None``).
+"""

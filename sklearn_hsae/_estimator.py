@@ -262,6 +262,9 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     def _export_fitted(self, model) -> None:
         self._arch.export(self, model)
 
+    def _integer_ranges(self) -> dict:
+        return self._arch.integer_ranges(self)
+
     def _level_widths(self) -> tuple[int, ...]:
         return self._arch.widths(self)
 

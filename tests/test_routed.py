@@ -181,7 +181,18 @@ def test_tiling_covers_every_pair_once(n_pairs, n_experts, tile):
     assert torch.all(t.expert[t.tile_of_pair] == expert)
     assert torch.all(t.pair[t.tile_of_pair, t.slot_of_pair] == torch.arange(n_pairs))
     counts = torch.bincount(expert, minlength=n_experts)
-    assert t.pair.shape[0] == int(((counts + tile - 1) // tile).sum())
+    assert t.pair.shape[0] == max(1, int(((counts + tile - 1) // tile).sum()))
+
+
+def test_rows_with_no_active_parent():
+    model, x = make_model()
+    with torch.no_grad():
+        model.b_enc.fill_(-1e6)  # nothing survives the ReLU
+    out = model.loss(x)
+    out.loss.backward()
+    codes = model(x)
+    assert torch.all(codes.parent_values == 0) and torch.all(codes.child_values == 0)
+    torch.testing.assert_close(codes.x_hat, model.b_dec.expand_as(x))
 
 
 def test_tile_size_is_a_small_power_of_two():

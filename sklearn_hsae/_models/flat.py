@@ -56,6 +56,10 @@ class FlatSAE(nn.Module):
         self.workspace = Workspace()  # reused CPU buffers, not part of the state
         self.register_buffer("threshold", torch.zeros((), **kw))
 
+    def integer_ranges(self) -> dict[str, tuple[int, int | None]]:
+        """Valid ``[low, high)`` of every integer tensor of ``state_dict()`` (None: no bound)."""
+        return {"tokens_since_fired": (0, None)}
+
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         decoder = torch.randn(self.W_dec.shape, generator=generator, dtype=self.W_dec.dtype)

@@ -53,7 +53,8 @@ def tile_size_for(n_pairs: int, n_experts: int) -> int:
 def make_tiling(expert_of_pair: Tensor, n_experts: int, tile: int) -> Tiling:
     """Sort pairs by expert and cut each expert's run into tiles of ``tile`` slots.
 
-    expert_of_pair: (n_pairs,) int64. One host synchronisation (the tile count).
+    expert_of_pair: (n_pairs,) int64. One host synchronisation (the tile count). With no
+    pair at all the layout is a single padding tile, so slot gathers stay in range.
     """
     n_pairs = expert_of_pair.shape[0]
     device = expert_of_pair.device
@@ -67,6 +68,10 @@ def make_tiling(expert_of_pair: Tensor, n_experts: int, tile: int) -> Tiling:
     tile_sorted = first_tile[sorted_expert] + pos_in_run // tile  # (n_pairs,)
     slot_sorted = pos_in_run % tile  # (n_pairs,)
     n_tiles = int(tiles_per_expert.sum())
+    if n_tiles == 0:  # no pair at all: one padding tile keeps every gather in range
+        tiles_per_expert = torch.zeros_like(tiles_per_expert)
+        tiles_per_expert[0] = 1
+        n_tiles = 1
     pair = torch.full((n_tiles, tile), n_pairs, dtype=torch.long, device=device)
     pair[tile_sorted, slot_sorted] = order
     expert = torch.repeat_interleave(

@@ -83,6 +83,15 @@ class RoutedSAE(nn.Module):
         self.register_buffer("loss_scale", torch.ones((), **kw))
         self.workspace = Workspace()  # reused CPU buffers, not part of the state
 
+    def integer_ranges(self) -> dict[str, tuple[int, int | None]]:
+        """Valid ``[low, high)`` of every integer tensor of ``state_dict()`` (None: no bound).
+
+        Persistence refuses files whose integer tensors leave these ranges; an architecture
+        that stores indices (a tree's parent of each node) lists them here, with
+        ``low=-1`` where -1 marks an unassigned slot.
+        """
+        return {"tokens_since_fired": (0, None)}
+
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Random init; every transposed pair starts equal (as in paper 1's code).

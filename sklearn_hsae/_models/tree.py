@@ -117,6 +117,15 @@ class TreeSAE(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long, device=device))
         self.register_buffer("seed", torch.zeros((), dtype=torch.long, device=device))
 
+    def integer_ranges(self) -> dict[str, tuple[int, int | None]]:
+        """Valid ``[low, high)`` of every integer tensor of ``state_dict()`` (None: no bound)."""
+        ranges = {"step": (0, None), "seed": (0, 2**31)}
+        for i, level in enumerate(self.levels):
+            ranges[f"levels.{i}.tokens_since_fired"] = (0, None)
+            ranges[f"levels.{i}.has_children"] = (0, 2)
+            ranges[f"levels.{i}.parent_index"] = (-1, level.parent_width)
+        return ranges
+
     # ------------------------------------------------------------------ setup
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
