@@ -7,6 +7,7 @@ these strategy objects, so the public class holds no ``if architecture == ...`` 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ._config import RoutedConfig, TreeConfig
 from ._models import RoutedSAE, TreeSAE
@@ -60,11 +61,17 @@ class RoutedArchitecture:
         return est.n_parents, est.n_parents * est.n_children
 
     @staticmethod
-    def export(est, model: RoutedSAE) -> None:
+    def export(est, model: RoutedSAE, reuse: bool = False) -> None:
         state = est._model_state
         est.parent_components_ = state["W_dec"].copy()
-        directions, _ = model.child_directions()
-        est.child_components_ = directions.cpu().numpy()
+        previous = getattr(est, "child_components_", None)
+        shape = (est.n_parents * est.n_children, est.n_features_in_)
+        if reuse and model.W_up.device.type == "cpu" and previous is not None and previous.shape == shape and previous.dtype == state["W_up"].dtype:
+            # partial_fit updates in place: a fresh 10-100 MB array costs page faults.
+            model.child_directions(out=torch.from_numpy(previous))
+        else:
+            directions, _ = model.child_directions()
+            est.child_components_ = directions.cpu().numpy()
         est.child_parent_ = np.repeat(np.arange(est.n_parents), est.n_children)
         est.intercept_ = est._public_intercept(state["b_dec"])
         est.components_by_level_ = [est.parent_components_, est.child_components_]
@@ -137,7 +144,7 @@ class TreeArchitecture:
         return tuple(est.n_parents * est.n_children**level for level in range(est.n_levels))
 
     @staticmethod
-    def export(est, model: TreeSAE) -> None:
+    def export(est, model: TreeSAE, reuse: bool = False) -> None:
         state = est._model_state
         n = est.n_levels
         est.components_by_level_ = [state[f"levels.{i}.W_dec"].copy() for i in range(n)]

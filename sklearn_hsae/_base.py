@@ -213,7 +213,7 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
             loss = self._run_batches(trainer, X, batches, steps, "partial_fit")
         self.loss_curve_ = [*getattr(self, "loss_curve_", []), loss]
         self.n_iter_ = getattr(self, "n_iter_", 0) + 1
-        self._finish(trainer)
+        self._finish(trainer, reuse=True)
         return self
 
     def _stream_trainer(self, X, device, first: bool) -> Trainer:
@@ -255,13 +255,16 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
                 bar.update(1)
         return float(total) / n_steps
 
-    def _finish(self, trainer: Trainer) -> None:
-        """Keep the live trainer and publish numpy copies of the fitted state."""
+    def _finish(self, trainer: Trainer, reuse: bool = False) -> None:
+        """Keep the live trainer and publish numpy copies of the fitted state.
+
+        ``reuse`` (partial_fit) lets large derived arrays be updated in place.
+        """
         self._trainer = trainer
         self.__dict__.pop("_trainer_state", None)
         self.n_steps_ = trainer.step_count
         self._model_state = _to_numpy(trainer.model.state_dict())
-        self._export_fitted(trainer.model)
+        self._export_fitted(trainer.model, reuse)
 
     def _integer_ranges(self) -> dict:
         """Valid ``[low, high)`` of every integer fitted array (``high=None``: unbounded).

@@ -185,7 +185,7 @@ class SparseAutoencoder(BaseSparseAutoencoder):
             fixed_decoder_bias=self.normalize == "unit",
         )
 
-    def _export_fitted(self, model: FlatSAE) -> None:
+    def _export_fitted(self, model: FlatSAE, reuse: bool = False) -> None:
         state = self._model_state
         self.components_ = state["W_dec"].copy()
         self.intercept_ = self._public_intercept(state["b_dec"])

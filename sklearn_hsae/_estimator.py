@@ -259,8 +259,8 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     def _model_config(self, n_features: int, n_samples: int):
         return self._arch.config(self, n_features, n_samples)
 
-    def _export_fitted(self, model) -> None:
-        self._arch.export(self, model)
+    def _export_fitted(self, model, reuse: bool = False) -> None:
+        self._arch.export(self, model, reuse)
 
     def _integer_ranges(self) -> dict:
         return self._arch.integer_ranges(self)

@@ -438,8 +438,8 @@ def test_lists_of_arrays_and_their_index_ranges_persist(fitted, X, tmp_path, mon
     cls = HierarchicalSparseAutoencoder
     export = cls._export_fitted
 
-    def export_with_levels(self, model):
-        export(self, model)
+    def export_with_levels(self, model, reuse=False):
+        export(self, model, reuse)
         self.level_parent_ = [np.full(3, -1), np.arange(self.n_parents) % 3]
 
     monkeypatch.setattr(cls, "_export_fitted", export_with_levels)

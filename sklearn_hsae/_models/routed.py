@@ -214,15 +214,18 @@ class RoutedSAE(nn.Module):
 
     # ------------------------------------------------------------- exports
     @torch.no_grad()
-    def child_directions(self) -> tuple[Tensor, Tensor]:
+    def child_directions(self, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Each child's decoder vector in input space, as unit rows and norms.
 
-        Returns (directions (m * C, d), norms (m * C,)): ``D_child[p, c] @ W_up[p]``.
+        Returns (directions (m * C, d), norms (m * C,)): ``D_child[p, c] @ W_up[p]``
+        normalised; ``out`` (m * C, d) receives the directions when given.
         """
-        vectors = torch.bmm(self.D_child, self.W_up)  # (m, C, d)
-        vectors = vectors.reshape(-1, vectors.shape[-1])  # (m * C, d)
-        norms = vectors.norm(dim=1)
-        return vectors / norms.clamp_min(1e-12)[:, None], norms
+        m, C, s = self.D_child.shape
+        norms = self.child_norms()  # (m * C,)
+        scaled = self.D_child / norms.clamp_min(1e-12).view(m, C, 1)  # (m, C, s)
+        target = None if out is None else out.view(m, C, -1)
+        directions = torch.bmm(scaled, self.W_up, out=target)  # (m, C, d)
+        return directions.reshape(m * C, -1), norms
 
     @torch.no_grad()
     def child_norms(self) -> Tensor:
