@@ -25,7 +25,17 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
 from ._config import TrainConfig
-from ._data import fit_global_scale, iter_batches, resolve_device, scale_rows, to_device
+from ._data import (
+    check_streamed,
+    fit_global_scale,
+    is_streamed,
+    iter_batches,
+    output_dtype,
+    resolve_device,
+    sample_rows,
+    scale_rows,
+    to_device,
+)
 from ._training import Trainer, deterministic
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -93,7 +103,16 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
     }
 
     # ------------------------------------------------------------ validation
-    def _check_X(self, X, *, reset: bool) -> np.ndarray:
+    def _check_X(self, X, *, reset: bool):
+        """Validated X: an array, or a memmap / sliceable store left on disk.
+
+        Streamed data (``np.memmap``, h5py, zarr, ...) is checked block by block and
+        never converted whole, so it may be larger than memory.
+        """
+        if is_streamed(X):
+            check_streamed(X)
+            validate_data(self, X, reset=reset, skip_check_array=True)
+            return X
         reject_strings(X)
         return validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
 
@@ -109,10 +128,9 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         device = self._device()
         config = self._model_config(X.shape[1], X.shape[0])
         generator = torch.Generator().manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
-        rows = np.arange(X.shape[0])
-        if X.shape[0] > _INIT_SAMPLE:
-            rows = np.sort(rng.choice(X.shape[0], _INIT_SAMPLE, replace=False))
-        sample = np.asarray(X[rows])
+        sample = sample_rows(X, _INIT_SAMPLE, rng)
+        if sample.dtype not in (np.float32, np.float64):  # float16 caches, ints
+            sample = sample.astype(np.float64)
         self.scale_ = fit_global_scale(sample) if self.normalize == "global" else 1.0
         model = self._new_model(config, device)
         model.reset_parameters(generator)
@@ -172,7 +190,7 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
             trainer = Trainer(model, self._train_config(self.max_iter * steps_per_epoch))
             self.loss_curve_ = []
             for epoch in range(self.max_iter):
-                batches = iter_batches(X.shape[0], self.batch_size, rng)
+                batches = iter_batches(X, self.batch_size, rng)
                 desc = f"epoch {epoch + 1}/{self.max_iter}"
                 self.loss_curve_.append(self._run_batches(trainer, X, batches, steps_per_epoch, desc))
             end_of_fit = getattr(model, "on_fit_end", None)
@@ -209,7 +227,7 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         with deterministic(device.type == "cpu"):
             trainer = self._stream_trainer(X, device, first)
             steps = math.ceil(X.shape[0] / self.batch_size)
-            batches = iter_batches(X.shape[0], self.batch_size)
+            batches = iter_batches(X, self.batch_size)
             loss = self._run_batches(trainer, X, batches, steps, "partial_fit")
         self.loss_curve_ = [*getattr(self, "loss_curve_", []), loss]
         self.n_iter_ = getattr(self, "n_iter_", 0) + 1
@@ -246,7 +264,7 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         total = None
         with tqdm(total=n_steps, desc=desc, disable=not self.verbose, leave=False) as bar:
             for i, rows in enumerate(batches):
-                x, _ = scale_rows(to_device(X[rows], device, dtype), self.normalize, self.scale_)
+                x, _ = scale_rows(to_device(rows, device, dtype), self.normalize, self.scale_)
                 stats = trainer.step(x)
                 total = stats.loss if total is None else total + stats.loss
                 if self.verbose and (i % 10 == 0 or i == n_steps - 1):
@@ -291,8 +309,8 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         model = self._model_from_state(self._model_state, device).eval()
         with torch.no_grad():
             context = self._encode_context(model)
-            for rows in iter_batches(X.shape[0], self.batch_size):
-                x, row_scale = scale_rows(to_device(X[rows], device, dtype), self.normalize, self.scale_)
+            for rows in iter_batches(X, self.batch_size):
+                x, row_scale = scale_rows(to_device(rows, device, dtype), self.normalize, self.scale_)
                 yield model(x), row_scale, x, context
 
     def _encode_context(self, model):
@@ -300,8 +318,9 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
 
     def _encode_levels(self, X) -> list:
         """CSR codes of every level of X (validated), coarsest first."""
+        dtype = output_dtype(X)
         blocks = [
-            self._block_levels(codes, scale, X.dtype, context)
+            self._block_levels(codes, scale, dtype, context)
             for codes, scale, _, context in self._encode_blocks(X)
         ]
         return [sp.vstack(level, format="csr") for level in zip(*blocks)]
@@ -370,14 +389,19 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         """
         check_is_fitted(self)
         X = self._check_X(X, reset=False)
-        err = total = 0.0
-        mean = X.mean(axis=0, dtype=np.float64)
+        # One pass: sum ||x - x_hat||^2, sum x and sum ||x||^2 (total variance at the end).
+        err = sq = 0.0
+        total = torch.zeros(X.shape[1], dtype=torch.float64)
         for codes, row_scale, x, _ in self._encode_blocks(X):
             x_orig = (x * row_scale[:, None]).double()
             x_hat = codes.x_hat.double() * row_scale.double()[:, None]
             err += float((x_orig - x_hat).pow(2).sum())
-            total += float((x_orig - torch.from_numpy(mean).to(x_orig.device)).pow(2).sum())
-        return 1.0 - err / total if total > 0 else (1.0 if err == 0 else -np.inf)
+            sq += float(x_orig.pow(2).sum())
+            total += x_orig.sum(dim=0).cpu()
+        variance = sq - float(total.pow(2).sum()) / X.shape[0]
+        if variance <= 1e-12 * max(sq, 1e-300):
+            return 1.0 if err == 0 else -np.inf
+        return 1.0 - err / variance
 
     def get_feature_names_out(self, input_features=None):
         """Names of the code columns, in the order of ``transform``.

@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor
 
 SCALINGS = ("global", "unit", None)
+_SHUFFLE_BUFFER_BYTES = 256 * 2**20  # bounded memory for streamed (out-of-core) data
+_CHECK_BLOCK_BYTES = 64 * 2**20
+_PIECES = 8  # contiguous pieces per shuffle buffer
 
 
 def resolve_device(device: str) -> torch.device:
@@ -21,27 +25,108 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def iter_batches(
-    n_rows: int, batch_size: int, rng: np.random.RandomState | None = None
-) -> Iterator[np.ndarray | slice]:
-    """Row selections of at most ``batch_size`` rows covering ``range(n_rows)`` once.
+def is_streamed(X) -> bool:
+    """Read block by block, never converted whole: memmaps and sliceable stores (h5py,
+    zarr, ...). In-memory arrays, frames and lists go through scikit-learn's checks."""
+    if isinstance(X, np.memmap):
+        return True
+    if isinstance(X, np.ndarray) or sp.issparse(X) or hasattr(X, "columns"):
+        return False
+    shape = getattr(X, "shape", None)
+    return hasattr(X, "dtype") and hasattr(X, "__getitem__") and shape is not None and len(shape) == 2
 
-    With ``rng`` the rows are shuffled; each batch's indices are sorted so a memmap is
-    read front to back.
+
+def _block_rows(X, target_bytes: int) -> int:
+    return max(1, target_bytes // max(1, X.shape[1] * np.dtype(X.dtype).itemsize))
+
+
+def check_streamed(X) -> None:
+    """The checks scikit-learn would make, one bounded block at a time.
+
+    Raises ValueError / TypeError naming the problem (and the rows, for NaN or inf).
     """
-    if rng is None:
-        for start in range(0, n_rows, batch_size):
-            yield slice(start, min(start + batch_size, n_rows))
+    if len(X.shape) != 2:
+        raise ValueError(f"Expected a 2D array, got shape {X.shape}.")
+    kind = np.dtype(X.dtype).kind
+    if kind == "c":
+        raise ValueError("Complex data not supported.")
+    if kind not in "fiub":
+        raise TypeError(f"X has dtype {X.dtype}; a numeric dtype is required.")
+    n, d = X.shape
+    if n < 1 or d < 1:
+        raise ValueError(f"Found array with {n} sample(s) and {d} feature(s); at least 1 of each is required.")
+    if kind != "f":
         return
-    order = rng.permutation(n_rows)
-    for start in range(0, n_rows, batch_size):
-        yield np.sort(order[start : start + batch_size])
+    step = _block_rows(X, _CHECK_BLOCK_BYTES)
+    for start in range(0, n, step):
+        block = np.asarray(X[start : start + step])
+        if not np.isfinite(block).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+            raise ValueError(f"Input X contains NaN or infinity (first in row {bad}).")
+
+
+def sample_rows(X, n_sample: int, rng: np.random.RandomState) -> np.ndarray:
+    """Up to ``n_sample`` rows for initialisation statistics.
+
+    Random rows of an in-memory array; for streamed data, 16 contiguous runs at random
+    offsets (slicing is all a store must support, and runs read fast from disk).
+    """
+    n = X.shape[0]
+    if n <= n_sample:
+        return np.asarray(X[:n])
+    if not is_streamed(X):
+        return np.asarray(X[np.sort(rng.choice(n, n_sample, replace=False))])
+    run = n_sample // 16
+    starts = np.sort(rng.choice(n - run + 1, 16, replace=False))
+    return np.concatenate([np.asarray(X[s : s + run]) for s in starts])
+
+
+def iter_batches(X, batch_size: int, rng: np.random.RandomState | None = None) -> Iterator[np.ndarray]:
+    """Minibatches of rows covering X once, as numpy arrays.
+
+    Without ``rng``: consecutive slices. With ``rng``, in-memory X: a random permutation
+    (rows of a batch read in sorted order). Streamed X: a shuffle buffer of about 256 MB
+    filled with 8 contiguous pieces from random offsets, shuffled in memory, so memory
+    stays bounded and reads stay sequential; leftover rows carry into the next buffer.
+    """
+    n = X.shape[0]
+    if rng is None:
+        for start in range(0, n, batch_size):
+            yield np.asarray(X[start : start + batch_size])
+        return
+    if not is_streamed(X):
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            yield X[np.sort(order[start : start + batch_size])]
+        return
+    piece = max(1, max(batch_size, _block_rows(X, _SHUFFLE_BUFFER_BYTES)) // _PIECES)
+    starts = np.arange(0, n, piece)[rng.permutation(-(-n // piece))]
+    carry = np.asarray(X[:0])
+    for group in range(0, len(starts), _PIECES):
+        chosen = np.sort(starts[group : group + _PIECES])
+        buffer = np.concatenate([carry, *(np.asarray(X[s : s + piece]) for s in chosen)])
+        buffer = buffer[rng.permutation(len(buffer))]
+        full = len(buffer) - len(buffer) % batch_size
+        for start in range(0, full, batch_size):
+            yield buffer[start : start + batch_size]
+        carry = buffer[full:]
+    if len(carry):
+        yield carry
 
 
 def to_device(X_rows: np.ndarray, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Copy a block of rows to the device in the compute dtype (always a fresh tensor)."""
     block = np.ascontiguousarray(X_rows)
+    if block.dtype.kind != "f" or block.dtype == np.float16:
+        block = block.astype(np.float32 if dtype == torch.float32 else np.float64)
     return torch.tensor(block, dtype=dtype, device=device)
+
+
+def output_dtype(X) -> np.dtype:
+    """float32 stays float32, float64 stays float64, anything else becomes float64
+    (scikit-learn's rule for ``dtype=[float64, float32]``)."""
+    dtype = np.dtype(X.dtype)
+    return dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
 
 
 def fit_global_scale(X_sample: np.ndarray) -> float:
