@@ -8,6 +8,7 @@ device-free pickling. Only numpy and scipy cross the public boundary.
 from __future__ import annotations
 
 import math
+import os
 from numbers import Integral, Real
 
 import numpy as np
@@ -36,7 +37,8 @@ from ._data import (
     scale_rows,
     to_device,
 )
-from ._training import Trainer, deterministic
+from ._fitting import FitLoop, broadcast_from_rank0, local_batch_size, shard_for_rank
+from ._training import DivergenceError, Trainer, deterministic
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _INIT_SAMPLE = 16_384  # rows used for the scale, b_dec and the loss scale at init
@@ -100,6 +102,8 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
+        "checkpoint_dir": [str, os.PathLike, None],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
     }
 
     # ------------------------------------------------------------ validation
@@ -179,26 +183,49 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         self._check_sizes(X.shape[1])
         rng = check_random_state(self.random_state)
         device = self._device()
+        shard = shard_for_rank(X)  # X itself unless torch.distributed is initialised
+        batch = local_batch_size(self.batch_size)
+        steps_per_epoch = math.ceil(shard.shape[0] / batch)
+        total = self.max_iter * steps_per_epoch
+        config = self._model_config(X.shape[1], X.shape[0])
         with deterministic(device.type == "cpu"):
-            if self.warm_start and hasattr(self, "_model_state"):
-                config = self._model_config(X.shape[1], X.shape[0])
-                model = self._model_from_state(self._model_state, device, config)
-                self._config = config
-            else:
-                model = self._initialize(X, rng)
-            steps_per_epoch = math.ceil(X.shape[0] / self.batch_size)
-            trainer = Trainer(model, self._train_config(self.max_iter * steps_per_epoch))
+            loop = FitLoop(self, shard, rng, steps_per_epoch, batch)
             self.loss_curve_ = []
-            for epoch in range(self.max_iter):
-                batches = iter_batches(X, self.batch_size, rng)
-                desc = f"epoch {epoch + 1}/{self.max_iter}"
-                self.loss_curve_.append(self._run_batches(trainer, X, batches, steps_per_epoch, desc))
-            end_of_fit = getattr(model, "on_fit_end", None)
+            resumed = loop.resume(lambda: Trainer(self._new_model(config, device), self._train_config(total)))
+            if not resumed:
+                if self.warm_start and hasattr(self, "_model_state"):
+                    model = self._model_from_state(self._model_state, device, config)
+                else:
+                    model = self._initialize(X, rng)
+                broadcast_from_rank0(model, self)
+                loop.trainer = Trainer(model, self._train_config(total))
+            self._config = config
+            with tqdm(total=total, initial=loop.trainer.step_count if resumed else 0, desc="fit",
+                      disable=not self.verbose, leave=False) as bar:
+                try:
+                    loop.run(lambda rows: self._train_step(loop.trainer, rows, bar))
+                except (DivergenceError, KeyboardInterrupt):
+                    self.n_iter_ = loop.epoch  # the estimator keeps the last finished step
+                    self._finish(loop.trainer)
+                    raise
+            end_of_fit = getattr(loop.trainer.model, "on_fit_end", None)
             if end_of_fit is not None:
                 end_of_fit()
         self.n_iter_ = self.max_iter
-        self._finish(trainer)
+        self._finish(loop.trainer)
         return self
+
+    def _train_step(self, trainer, rows, bar):
+        """One step on a numpy batch; the progress bar shows loss and FVU when verbose."""
+        device, dtype = self._device(), _DTYPES[self.dtype]
+        x, _ = scale_rows(to_device(rows, device, dtype), self.normalize, self.scale_)
+        stats = trainer.step(x)
+        if self.verbose:
+            if trainer.step_count % 10 == 1:
+                var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-30)
+                bar.set_postfix(loss=f"{stats.loss.item():.4f}", fvu=f"{(stats.sq_error / var).item():.4f}")
+            bar.update(1)
+        return stats.loss
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
@@ -239,6 +266,7 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         if first:
             self._check_sizes(X.shape[1])
             model = self._initialize(X, check_random_state(self.random_state))
+            broadcast_from_rank0(model, self)
             return Trainer(model, self._train_config(None))
         trainer = getattr(self, "_trainer", None)
         if trainer is None or next(trainer.model.parameters()).device != device:
@@ -259,18 +287,12 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         return trainer
 
     def _run_batches(self, trainer, X, batches, n_steps: int, desc: str) -> float:
-        """Train on each batch; return the mean loss. tqdm shows loss and FVU if verbose."""
-        device, dtype = self._device(), _DTYPES[self.dtype]
+        """Train on each batch (partial_fit); return the mean loss."""
         total = None
         with tqdm(total=n_steps, desc=desc, disable=not self.verbose, leave=False) as bar:
-            for i, rows in enumerate(batches):
-                x, _ = scale_rows(to_device(rows, device, dtype), self.normalize, self.scale_)
-                stats = trainer.step(x)
-                total = stats.loss if total is None else total + stats.loss
-                if self.verbose and (i % 10 == 0 or i == n_steps - 1):
-                    var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-30)
-                    bar.set_postfix(loss=f"{stats.loss.item():.4f}", fvu=f"{(stats.sq_error / var).item():.4f}")
-                bar.update(1)
+            for rows in batches:
+                loss = self._train_step(trainer, rows, bar)
+                total = loss if total is None else total + loss
         return float(total) / n_steps
 
     def _finish(self, trainer: Trainer, reuse: bool = False) -> None:

@@ -34,6 +34,8 @@ from ._io_checks import (
 FORMAT, FORMAT_VERSION = "sklearn_hsae", 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 FITTED_PREFIX = "fitted."
+# Machine-local parameters a file never carries: where this machine writes checkpoints.
+LOCAL_PARAMS = frozenset({"checkpoint_dir"})
 ESTIMATORS = {cls.__name__: cls for cls in (HierarchicalSparseAutoencoder, SparseAutoencoder)}
 # Fitted attributes BaseSparseAutoencoder sets for every estimator, with their lower bounds;
 # the rest come from ``_export_fitted`` and are checked against a recomputation.
@@ -89,6 +91,9 @@ def estimator_from_json(name, params: dict, device):
     cls = ESTIMATORS[name]
     check_keys(params, f"{CONFIG_FILE} params", set(cls._get_param_names()))
     values = {k: param_from_json(v, f"{CONFIG_FILE} params.{k}") for k, v in params.items()}
+    for key in LOCAL_PARAMS:
+        if values.get(key) is not None:
+            refuse(f"{CONFIG_FILE} params.{key}", "must be null: a model file may not choose where fit writes")
     if device is not None:
         values["device"] = device
     est = cls(**values)

@@ -55,6 +55,7 @@ from ._io_state import (
     FITTED_PREFIX,
     FORMAT,
     FORMAT_VERSION,
+    LOCAL_PARAMS,
     WEIGHTS_FILE,
     TensorReader,
     array_parts,
@@ -85,7 +86,9 @@ def save(estimator, path) -> None:
     Writes ``path/config.json`` (parameters, model configuration, fitted scalars,
     format version, tensor hashes) and ``path/model.safetensors`` (model weights and
     fitted arrays), replacing earlier copies of these two files; other files in
-    ``path`` are left alone. Optimizer state is not saved (see :func:`load`).
+    ``path`` are left alone. Optimizer state is not saved (see :func:`load`), nor is
+    ``checkpoint_dir``, a setting of this machine (stored as null; :func:`load`
+    refuses a file that names one, so a file cannot choose where ``fit`` writes).
 
     Parameters
     ----------
@@ -130,7 +133,7 @@ def save(estimator, path) -> None:
         raise TypeError(f"save() stores {sorted(ESTIMATORS)} estimators, got {cls.__name__}.")
     check_is_fitted(estimator)
     params = {
-        name: to_json_value(value, f"parameter {name}")
+        name: to_json_value(None if name in LOCAL_PARAMS else value, f"parameter {name}")
         for name, value in estimator.get_params(deep=False).items()
     }
     config = estimator._config

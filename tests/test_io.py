@@ -640,3 +640,12 @@ def test_random_valid_sizes_keep_shapes_dtypes_and_round_trip(tmp_path):
         Z2 = load(tmp_path / str(trial)).transform(X)
         assert Z2.dtype == Z.dtype and (Z2 != Z).nnz == 0, (trial, est)
         np.testing.assert_array_equal(Z2.indices, Z.indices)
+
+
+def test_checkpoint_dir_never_travels_in_a_model_file(tmp_path):
+    X = np.random.RandomState(0).rand(40, 5)
+    est = SparseAutoencoder(n_components=6, k=2, max_iter=1, checkpoint_dir=str(tmp_path / "ck")).fit(X)
+    save(est, tmp_path / "model")
+    doc = json.loads((tmp_path / "model" / CONFIG).read_text())
+    assert doc["params"]["checkpoint_dir"] is None
+    assert load(tmp_path / "model").checkpoint_dir is None

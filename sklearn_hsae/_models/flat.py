@@ -106,7 +106,7 @@ class FlatSAE(nn.Module):
 
     @torch.no_grad()
     def _update_threshold(self, cut: Tensor) -> None:
-        if cut <= 0:
+        if not torch.isfinite(cut) or cut <= 0:  # a diverging step must not poison it
             return
         if self.threshold == 0:
             self.threshold.copy_(cut)
