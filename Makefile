@@ -29,7 +29,7 @@ test: install
 	$(BIN)/python -m pytest
 
 demo: install
-	$(BIN)/python -m sklearn_hsae demo
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m sklearn_hsae demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
