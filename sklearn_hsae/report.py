@@ -117,12 +117,29 @@ def _density_plot(densities, names, n_rows, threshold):
     return _png(fig)
 
 
-def _top_l_curve(estimator, X, codes: sp.csr_matrix):
+def _reconstructions(estimator, levels, names):
+    """(label, codes, decode) for every reconstruction the estimator makes.
+
+    Levels that add up (routed hierarchy, flat SAE) make one reconstruction from all
+    codes; a tree, whose every level is a full SAE (``intercept_by_level_``), makes one
+    per level, from that level's codes alone.
+    """
+    if len(levels) > 1 and hasattr(estimator, "intercept_by_level_"):
+        return [
+            (name, level, lambda Z, i=i: np.asarray(Z @ estimator.components_by_level_[i])
+             + estimator.intercept_by_level_[i])
+            for i, (name, level) in enumerate(zip(names, levels))
+        ]
+    label = "all levels" if len(levels) > 1 else "codes"
+    return [(label, sp.hstack(levels, format="csr"), estimator.inverse_transform)]
+
+
+def _top_l_curve(decode, X, codes: sp.csr_matrix):
     """(mean codes kept per row, FVU) when every row keeps only its L largest codes.
 
     Decoder directions are unit-norm in this package, so |code| is the size of a latent's
-    contribution; ranking is across all levels together. L runs from 1 to the largest
-    number of codes of a row, where the curve meets the estimator's own (L0, FVU).
+    contribution; ranking is across the codes of one reconstruction. L runs from 1 to the
+    largest number of codes of a row, where the curve meets the full (L0, FVU) point.
     """
     counts = np.diff(codes.indptr)  # (n,) active latents per row
     row = np.repeat(np.arange(codes.shape[0]), counts)  # (nnz,)
@@ -134,24 +151,28 @@ def _top_l_curve(estimator, X, codes: sp.csr_matrix):
     for L in np.unique(np.round(np.geomspace(1, largest, _CURVE_POINTS)).astype(int)):
         truncated = sp.csr_matrix((codes.data * (rank < L), codes.indices, codes.indptr), codes.shape)
         kept.append(np.minimum(counts, L).mean())
-        fvus.append(fvu(X, estimator.inverse_transform(truncated)))
+        fvus.append(fvu(X, decode(truncated)))
     return np.array(kept), np.array(fvus)
 
 
-def _curve_plot(kept, fvus, point):
+def _curve_plot(curves):
+    """curves: (label, kept, fvus, (L0, FVU) of all codes) per reconstruction."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig = Figure(figsize=(5.6, 3.3), layout="constrained")
     ax = fig.subplots()
-    ax.plot(kept, fvus, marker="o", markersize=4, label="each token keeps its L largest codes")
-    ax.plot(*point, marker="*", markersize=13, linestyle="none", color="C3",
-            label=f"all codes: L0 {point[0]:.2f}, FVU {point[1]:.3f}")
+    for i, (label, kept, fvus, point) in enumerate(curves):
+        prefix = f"{label}: " if len(curves) > 1 else ""
+        ax.plot(kept, fvus, marker="o", markersize=4, color=f"C{i}",
+                label=f"{prefix}each token keeps its L largest codes")
+        ax.plot(*point, marker="*", markersize=13, linestyle="none", color=f"C{i}",
+                label=f"{prefix}all codes: L0 {point[0]:.2f}, FVU {point[1]:.3f}")
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("L0: codes kept per token (mean, all levels)")
+    ax.set_xlabel("L0: codes kept per token (mean)")
     ax.set_ylabel("FVU")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, frameon=False)
@@ -286,9 +307,11 @@ def hierarchy_report(
 
     The page starts with a summary: the conventional FVU (:func:`~sklearn_hsae.metrics.fvu`),
     L0, dead and dense fractions per level, a histogram of feature densities and an FVU-vs-L
-    curve: the FVU when every token keeps only its L largest codes (all levels together;
-    decoder directions are unit-norm, so |code| is the size of a latent's contribution),
-    with the estimator's own point (mean L0, FVU) marked. Then come the ``n_parents``
+    curve: the FVU when every token keeps only its L largest codes (decoder directions are
+    unit-norm, so |code| is the size of a latent's contribution), with the full point
+    (mean L0, FVU) marked. Levels that add up (routed hierarchy) give one curve over all
+    codes; a tree, whose every level reconstructs X alone, gives one FVU and one curve
+    per level. Then come the ``n_parents``
     coarsest-level latents, each with its density and its ``n_examples`` top-activating
     tokens shown in context (``context`` tokens either side from the same document, the
     token itself highlighted), followed by its children (``child_parent_ == p``; deeper
@@ -354,20 +377,24 @@ def hierarchy_report(
     names = level_names(len(levels))
     labels = ["latent"] if len(levels) == 1 else names  # headings of the latent sections
     tree = _tree(estimator, levels)
-    codes = sp.hstack(levels, format="csr")
     densities = feature_density(levels)
+    recons = _reconstructions(estimator, levels, names)
     stats = {
         "l0": l0(levels),
         "dead": [float(np.mean(d == 0)) for d in densities],
         "dense": dense_fraction(levels, threshold=dense_threshold),
         "threshold": dense_threshold,
-        "fvu": fvu(X, estimator.inverse_transform(codes)),
+        "fvu": [(label, fvu(X, decode(codes))) for label, codes, decode in recons],
     }
     rows = np.unique(np.linspace(0, X.shape[0] - 1, min(max_curve_rows, X.shape[0])).astype(int))
-    curve = _top_l_curve(estimator, np.asarray(X[rows]), codes[rows])
+    sample = np.asarray(X[rows])
+    curves = [
+        (label, *_top_l_curve(decode, sample, codes[rows]), (l0([codes])[0], value))
+        for (label, codes, decode), (_, value) in zip(recons, stats["fvu"])
+    ]
     pngs = {
         "density": _density_plot(densities, names, X.shape[0], dense_threshold),
-        "fvu_l0": _curve_plot(*curve, (sum(stats["l0"]), stats["fvu"])),
+        "fvu_l0": _curve_plot(curves),
     }
     for name, png in pngs.items():
         path.with_name(f"{path.stem}_{name}.png").write_bytes(png)
@@ -399,12 +426,15 @@ def hierarchy_report(
     )
     note = "" if tree or len(levels) == 1 else (
         "<p class=muted>This estimator exposes no parent map; only the first level is listed.</p>")
+    fvu_text = " &middot; ".join(
+        f"{label + ' ' if len(stats['fvu']) > 1 else ''}<b>{value:.4f}</b>" for label, value in stats["fvu"]
+    )
     document = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{heading}</title>
 <style>{_CSS}</style></head><body><main>
 <h1>{heading}</h1>
 <p class="muted">{html.escape(repr(estimator))}<br>{X.shape[0]} tokens in
-{len(np.unique(doc))} documents &middot; FVU <b>{stats["fvu"]:.4f}</b> &middot; L0
+{len(np.unique(doc))} documents &middot; FVU {fvu_text} &middot; L0
 {" + ".join(f"{a:.2f}" for a in stats["l0"])}</p>
 {_summary_html(stats, names, levels, unassigned)}
 <div class="plots">{images}</div>

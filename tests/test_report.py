@@ -226,3 +226,18 @@ def test_report_rejects_bad_input(tmp_path):
         hierarchy_report(estimator, short, tmp_path / "a.html")
     with pytest.raises(InvalidParameterError, match="sort"):
         hierarchy_report(estimator, acts, tmp_path / "a.html", sort="size")
+
+
+def test_tree_levels_reconstruct_on_their_own(tmp_path):
+    X, *_ = make_hierarchical_activations(n_samples=600, random_state=0)
+    n = len(X)
+    acts = Activations(X, np.array([f"t{i}" for i in range(n)], dtype=object),
+                       np.arange(n) // 20, np.arange(n) % 20)
+    est = HierarchicalSparseAutoencoder(architecture="tree", n_parents=6, n_children=2, k=3,
+                                        max_iter=2, random_state=0).fit(X)
+    page = hierarchy_report(est, acts, tmp_path / "tree.html", n_parents=2).read_text()
+    codes = est.encode(X)
+    for level, name in enumerate(("parent", "child")):
+        X_hat = codes.levels[level] @ est.components_by_level_[level] + est.intercept_by_level_[level]
+        value = ((X - X_hat) ** 2).sum() / ((X - X.mean(0)) ** 2).sum()
+        assert f"{name} <b>{value:.4f}</b>" in page  # one FVU per level, each level alone
