@@ -287,7 +287,7 @@ def hierarchy_report(
     The page starts with a summary: the conventional FVU (:func:`~sklearn_hsae.metrics.fvu`),
     L0, dead and dense fractions per level, a histogram of feature densities and an FVU-vs-L
     curve: the FVU when every token keeps only its L largest codes (all levels together;
-    decoder directions are unit-norm, so |code| is the size of a latent's contribution),
+    decoder directions are unit-norm, so ``|code|`` is the size of a latent's contribution),
     with the estimator's own point (mean L0, FVU) marked. Then come the ``n_parents``
     coarsest-level latents, each with its density and its ``n_examples`` top-activating
     tokens shown in context (``context`` tokens either side from the same document, the
