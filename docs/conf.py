@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # document this checkout, whatever else is installed
 sys.path.insert(0, str(ROOT / "docs" / "sphinxext"))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared CPUs: do not spin (user guide)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the gallery trains in this process
 
 import sklearn_hsae  # noqa: E402
 
