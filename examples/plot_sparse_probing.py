@@ -87,7 +87,7 @@ train = np.intersect1d(usenet, train_texts)
 test = np.intersect1d(usenet, test_texts)
 y = (data.topic == "space").astype(int)
 
-ks = [1, 2, 5, 10, 20, 50, 100, 200]
+ks = [1, 2, 5, 10, 20, 50, 100]
 searches = {}
 for name, Z in features.items():
     search = GridSearchCV(make_sparse_probe(random_state=0),
