@@ -137,7 +137,7 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         Input scaling factor learned by ``normalize="global"`` (1.0 otherwise).
     n_features_in_ : int
         Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during fit, when X has string feature names.
     n_iter_ : int
         Epochs run by ``fit`` (or ``partial_fit`` calls made).

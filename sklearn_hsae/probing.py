@@ -49,15 +49,15 @@ class SparseProbeSelector(SelectorMixin, BaseEstimator):
 
     Attributes
     ----------
-    scores_ : ndarray of shape (n_features_in_,)
+    scores_ : ndarray of shape (`n_features_in_`,)
         Absolute difference of class means of every column.
-    selected_ : ndarray of shape (min(k, n_features_in_),)
+    selected_ : ndarray of shape (`min(k, n_features_in_)`,)
         Indices of the kept columns, highest score first.
     classes_ : ndarray of shape (n_classes,)
         Class labels seen in ``fit``.
     n_features_in_ : int
         Number of columns seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Column names seen in ``fit``, when X has string column names.
 
     See Also

@@ -308,7 +308,7 @@ def hierarchy_report(
     The page starts with a summary: the conventional FVU (:func:`~sklearn_hsae.metrics.fvu`),
     L0, dead and dense fractions per level, a histogram of feature densities and an FVU-vs-L
     curve: the FVU when every token keeps only its L largest codes (decoder directions are
-    unit-norm, so |code| is the size of a latent's contribution), with the full point
+    unit-norm, so ``|code|`` is the size of a latent's contribution), with the full point
     (mean L0, FVU) marked. Levels that add up (routed hierarchy) give one curve over all
     codes; a tree, whose every level reconstructs X alone, gives one FVU and one curve
     per level. Then come the ``n_parents``
