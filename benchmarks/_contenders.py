@@ -198,6 +198,10 @@ def contenders(widths: tuple[int, ...], rows: int, k: int, routed: tuple[int, in
     for m in widths:
         out.append(OwnEstimator(f"sklearn_hsae TopK {m}", "sklearn_hsae", m, rows,
                                 {"n_components": m, "k": k}))
+    # The peers run no AuxK in these steps (sparsify: off by default; SAELens: nothing is
+    # dead for 1000 steps), ours does from the second call (see the README): show its cost.
+    out.append(OwnEstimator(f"sklearn_hsae TopK {widths[-1]} aux_coef=0", "sklearn_hsae",
+                            widths[-1], rows, {"n_components": widths[-1], "k": k, "aux_coef": 0.0}))
     for cls, library in ((SparsifyTopK, "sparsify"), (SAELensTopK, "sae_lens")):
         reason = available(library)
         if reason:
