@@ -24,6 +24,7 @@ timed) and then ``step(batch)`` runs one real optimiser step on a (B, d) batch:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -172,7 +173,11 @@ class SklearnMBDL(Contender):
         self.step(batch)
 
     def step(self, batch):
-        self.model.partial_fit((batch[: self.rows] - self.mean) * self.scale)
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():  # lasso CD on 2048 atoms warns on every call
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.model.partial_fit((batch[: self.rows] - self.mean) * self.scale)
 
 
 # --------------------------------------------------------------- registry
