@@ -10,6 +10,7 @@ TARGETS = [
     (("sklearn_hsae", "TopK", "small"), ("sparsify", "TopK", "small"), 1.0, None),
     (("sklearn_hsae", "TopK", "mid"), ("sparsify", "TopK", "mid"), 1.0, None),
     (("sklearn_hsae", "TopK", "max"), ("sparsify", "TopK", "max"), None, None),
+    (("sklearn_hsae", "aux_coef=0", "max"), ("sparsify", "TopK", "max"), None, None),
     (("sklearn_hsae", "routed", None), ("sae_lens", "TopK", "max"), None, None),
     (("sklearn_hsae", "TopK", "small"), ("sae_lens", "TopK", "small"), None, None),
 ]
@@ -25,9 +26,9 @@ def _find(results: dict, key, widths) -> str | None:
     return None
 
 
-def ratio_table(results: dict, args) -> list[dict]:
+def ratio_table(results: dict, widths) -> list[dict]:
     """Tokens/s ratios of this run's contenders, with their targets where the issue set one."""
-    widths = sorted(args.widths)
+    widths = sorted(widths)
     out, seen = [], set()
     for num, den, target, stretch in TARGETS:
         a, b = _find(results, num, widths), _find(results, den, widths)
@@ -38,6 +39,12 @@ def ratio_table(results: dict, args) -> list[dict]:
         out.append({"numerator": a, "denominator": b, "ratio": round(value, 2), "target": target,
                     "stretch": stretch, "met": None if target is None else value >= target})
     return out
+
+
+def _step_contents() -> str:
+    from . import _contenders
+
+    return _contenders.__doc__.split("\n\n", 2)[2].strip()
 
 
 def _verdict(r: dict) -> str:
@@ -69,8 +76,13 @@ def train_markdown(p: dict) -> str:
         mem = memory.get(name, {}).get("own_peak_mib", "-")
         lines.append(f"| {name} | {r['width']} | {r['rows_per_step']} | {r['median_step_s']:.3f} | "
                      f"{r['tokens_per_s']:,.0f} | {r['cpu_per_wall']} | {mem} |")
-    lines += ["", "Tokens/s = rows per step / median of the timed steps; CPU/wall = process CPU time "
-              "over wall time (2.0 = both cores busy for us).", "", "## Ratios (tokens/s, same run)", "",
+    s = p["settings"]
+    lines += ["", f"Tokens/s = rows per step / median of {s['rounds']} timed steps (after the first, "
+              f"untimed, step and {s['warmup']} warm-up rounds), one step per contender per round, the "
+              "order rotated every round. CPU/wall = process CPU time over wall time (2.0 would be both "
+              "cores ours alone). Peak RSS: each contender alone in a fresh interpreter, the highest RSS "
+              "(VmHWM) over build + 3 steps minus the RSS after imports and data.", "",
+              "What one step includes:", "", _step_contents(), "", "## Ratios (tokens/s, same run)", "",
               "| ratio | value | verdict |", "|---|---:|---|"]
     for r in p["ratios"]:
         lines.append(f"| {r['numerator']} / {r['denominator']} | {r['ratio']:.2f} | {_verdict(r)} |")

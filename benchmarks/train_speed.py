@@ -57,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--no-quality", action="store_true", help="skip the H-SAE vs MBDL quality fit")
     p.add_argument("--quality-seconds", type=float, help="MBDL training budget of the quality fit")
     p.add_argument("--out", help="results folder (default: benchmarks/results for a full run)")
+    p.add_argument("--report-only", metavar="JSON",
+                   help="recompute the ratios and the markdown of a saved run, time nothing")
     p.add_argument("--probe", type=int, help=argparse.SUPPRESS)  # internal: memory subprocess
     args = p.parse_args(argv)
     preset = QUICK if args.quick else FULL
@@ -200,9 +202,20 @@ def memory_probes(cands, argv) -> dict:
 
 
 # ------------------------------------------------------------------ main
+def rewrite_report(path) -> None:
+    """Ratios and markdown again from a saved JSON (same run, same numbers)."""
+    payload = json.loads(path.read_text())
+    payload["ratios"] = ratio_table(payload["contenders"], payload["settings"]["widths"])
+    common.write_json(path, payload)
+    path.with_suffix(".md").write_text(train_markdown(payload))
+    print(f"rewrote {path} and {path.with_suffix('.md')}")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.report_only:
+        return rewrite_report(common.Path(args.report_only))
     common.set_threads(args.threads)
     if args.probe is not None:
         print(json.dumps(memory_probe(args.probe, args)))
@@ -223,7 +236,7 @@ def main(argv=None):
     if args.profile:
         picks = [c for c in own if "routed" in c.name or c.name.endswith(f" {args.widths[1]}")]
         payload["profiles"] = [profile_step(c, pool[1]) for c in picks]
-    payload["ratios"] = ratio_table(results, args)
+    payload["ratios"] = ratio_table(results, args.widths)
     if not args.no_quality:
         test = X[args.pool * args.rows:]
         payload["quality"] = dictionary_learning_quality(X[: args.pool * args.rows], test, args)

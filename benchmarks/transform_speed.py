@@ -49,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", help="results folder (default: benchmarks/results for a full run)")
     p.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the saved model to load
-    p.add_argument("--variant", default="transform", help=argparse.SUPPRESS)  # or "sketch"
+    p.add_argument("--variant", default="transform", help=argparse.SUPPRESS)  # breakdown, sketch
     args = p.parse_args(argv)
     if args.rows is None:
         args.rows = 100_000 if args.quick else 1_000_000
@@ -228,7 +228,8 @@ def markdown(p: dict) -> str:
                   f"| {q['tokens_per_s']:,.0f} | {q['seconds']} | {q['nnz']:,} | {q['peak_rss_mib']:,} | "
                   f"{q['peak_over_input']} | {q['sampled_peak_anon_mib']:,} | {q['sampled_peak_file_mib']:,} |"]
     if p.get("breakdown"):
-        lines += ["", "Stages replayed one by one (RSS after each; peak = VmHWM so far):", "",
+        lines += ["", "Stages of `transform` replayed one by one in a fresh process (RSS after each; "
+                  "peak = VmHWM so far):", "",
                   "| stage | s | RSS MiB | anon MiB | file MiB | peak MiB |", "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {s['stage']} | {s['seconds']} | {s['rss_mib']:,} | {s['anon_mib']:,} | "
                   f"{s['file_mib']:,} | {s['peak_mib']:,} |" for s in p["breakdown"]]
@@ -245,12 +246,10 @@ def measure(args) -> dict:
         Z, stats = measured(lambda: streamed_transform(est, args.path, shape))
         return {"streamed_sketch": figures(Z, stats, shape)}
     X = np.memmap(args.path, dtype=np.float32, mode="r", shape=shape)
+    if args.variant == "breakdown":
+        return {"breakdown": breakdown(est, X)}
     Z, stats = measured(lambda: est.transform(X))
-    out = {"transform": figures(Z, stats, shape)}
-    del Z
-    if args.breakdown:
-        out["breakdown"] = breakdown(est, np.memmap(args.path, dtype=np.float32, mode="r", shape=shape))
-    return out
+    return {"transform": figures(Z, stats, shape)}
 
 
 def run_measure(argv: list[str], folder: str, variant: str, path: Path) -> dict:
@@ -282,8 +281,8 @@ def main(argv=None):
             save_fitted_model(source[: 2 * args.batch_size].copy(), folder, args)
             del source
             measures = run_measure(argv, folder, "transform", path)
-            if not args.no_sketch:
-                measures.update(run_measure(argv, folder, "sketch", path))
+            for variant in ["breakdown"] * args.breakdown + ["sketch"] * (not args.no_sketch):
+                measures.update(run_measure(argv, folder, variant, path))
     finally:
         if not args.keep:
             path.unlink(missing_ok=True)
