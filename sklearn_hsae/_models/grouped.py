@@ -193,8 +193,37 @@ class _RoutedUp(torch.autograd.Function):
         return grad_v, grad_w, None
 
 
+# Tile slots per chunk without autograd: a 75 MB gather at d=576. Measured at B = 4096,
+# k = 32, 2048 experts (2 threads, loaded machine): 0.119 s per call against 0.112 s for
+# the one full gather, and 0.126 s with 8192 slots (every small op pays a thread sync).
+_INFERENCE_SLOTS = 32768
+
+
+def _routed_down_chunked(x: Tensor, W_down: Tensor, route: Route) -> Tensor:
+    """``routed_down`` without a graph, gathering a few tiles at a time.
+
+    Training keeps the (n_tiles, T, d) gather of rows for the weight gradient; encoding
+    needs none of it, so it walks the tiles in chunks: at B = 4096, k = 32 the full gather
+    is ~0.5 GB (with the workspace's headroom) for a 9 MB input block, the chunks ~94 MB.
+    """
+    n_tiles, T = route.tiling.pair.shape
+    step = min(n_tiles, max(1, _INFERENCE_SLOTS // T))  # tiles per chunk
+    padded = torch.cat([x, x.new_zeros(1, x.shape[1])])  # row B: zeros for padding slots
+    rows = route.rows.view(n_tiles, T)
+    out = x.new_empty(n_tiles, T, W_down.shape[1])  # (n_tiles, T, s)
+    buffer = route.workspace.get("rows_chunk", (step * T, x.shape[1]), x.dtype, x.device)
+    for start in range(0, n_tiles, step):
+        stop = min(start + step, n_tiles)
+        xt = torch.index_select(padded, 0, rows[start:stop].reshape(-1), out=buffer[: (stop - start) * T])  # (chunk * T, d)
+        wt = W_down.index_select(0, route.tiling.expert[start:stop])  # (chunk, s, d)
+        torch.bmm(xt.view(stop - start, T, -1), wt.transpose(1, 2), out=out[start:stop])
+    return out
+
+
 def routed_down(x: Tensor, W_down: Tensor, route: Route) -> Tensor:
     """Project every active pair's row into its expert's subspace -> (n_tiles, T, s)."""
+    if not torch.is_grad_enabled() or not (x.requires_grad or W_down.requires_grad):
+        return _routed_down_chunked(x, W_down, route)
     return _RoutedDown.apply(x, W_down, route)
 
 
