@@ -100,3 +100,10 @@ def tree_recovery(
         "child_recovered": float(np.mean(recovered)),
         "children_under_true_parent": float(np.mean(under[recovered])) if recovered.any() else float("nan"),
     }
+
+
+# ------------------------------------------------------------------------------------
+# Metrics on a real language model (one module each, re-exported here).
+# ------------------------------------------------------------------------------------
+from ._absorption import first_letter_absorption  # noqa: E402
+from ._ce_loss import ce_loss_recovered  # noqa: E402
