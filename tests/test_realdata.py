@@ -323,10 +323,10 @@ def test_fetch_reads_its_cache_the_second_time(lm, tmp_path, monkeypatch):
 @needs_gensim
 @pytest.mark.slow
 def test_ce_loss_recovered(lm):
-    train = _corpus.read_corpus(n_texts=40)["texts"]
+    train = _corpus.read_corpus(n_texts=15)["texts"]
     held_out = SPACE[:3] + FAITH[:3]
     X = extract_activations(train, layer=6).X
-    sae = SparseAutoencoder(n_components=256, k=16, max_iter=5, batch_size=128,
+    sae = SparseAutoencoder(n_components=128, k=16, max_iter=5, batch_size=128,
                             random_state=0).fit(X)
     r = ce_loss_recovered(sae, held_out, layer=6)
     assert r["ce_clean"] < r["ce_spliced"] < r["ce_zero_ablation"]
@@ -363,3 +363,14 @@ def test_any_causal_lm_by_directory_or_object(lm, tmp_path):
     assert _lm.load_model(tmp_path).bos_id == lm.tokenizer.bos_token_id  # its own BOS
     with pytest.raises(ValueError, match=r"layer must lie in \[1, 2\]"):
         extract_activations(texts, model=tmp_path, layer=3)
+
+
+def test_absorption_accepts_dense_codes_from_pca():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    tokens = np.repeat([" apple", " ant", " arm", " bee", " bat", " bus"], 20)
+    X = np.eye(8)[[0] * 60 + [1] * 60] + 0.01 * rng.standard_normal((120, 8))
+    pca = PCA(n_components=3).fit(X)
+    r = first_letter_absorption(pca, X, tokens)
+    assert r["probe_accuracy"] == 1.0 and r["main_latents"].shape == (2, 1)
