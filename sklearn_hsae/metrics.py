@@ -582,3 +582,10 @@ def hierarchy_consistency(parent_codes, child_codes, child_parent):
         "n_pairs": int(pairs.sum()),
         "n_parents": int(len(parents)),
     }
+
+
+# ------------------------------------------------------------------------------------
+# Metrics on a real language model (one module each, re-exported here).
+# ------------------------------------------------------------------------------------
+from ._absorption import first_letter_absorption  # noqa: E402
+from ._ce_loss import ce_loss_recovered  # noqa: E402
