@@ -40,6 +40,12 @@ def _explained_variance(estimator, X) -> float:
     return float(1 - err / ((X - X.mean(axis=0, dtype=np.float64)) ** 2).sum())
 
 
+def _l0(estimator, X) -> float:
+    """Mean non-zeros per row of all codes (for the H-SAE: parents plus children)."""
+    Z = estimator.transform(X)
+    return float((Z != 0).sum() / len(X)) if hasattr(Z, "nnz") else float(Z.shape[1])
+
+
 def _held_out_split(data, n_held_out: int, seed: int):
     """Hold out ``n_held_out`` texts (whole texts, never split across train and test)."""
     rng = np.random.RandomState(seed)
@@ -62,7 +68,9 @@ def _evaluate(name, estimator, data, train, test, held, absorption_rows, layer):
     out = {
         "estimator": name,
         "fit_seconds": round(fit_s, 1),
+        "n_steps": getattr(estimator, "n_steps_", None),
         "held_out_explained_variance": _explained_variance(estimator, data.X[test]),
+        "held_out_l0": _l0(estimator, data.X[test]),
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in ce.items()},
         "ce_seconds": round(ce_s, 1),
         "absorption_rate": round(absorption["absorption_rate"], 4),
@@ -127,15 +135,18 @@ def main() -> None:
     rng = np.random.RandomState(1)
     absorption_rows = np.sort(rng.choice(len(data.X), min(args.absorption_tokens, len(data.X)), replace=False))
     report.update(n_train_tokens=int(train.sum()), n_test_tokens=int(test.sum()), n_held_out_texts=len(held))
-    estimators = {
-        "PCA(n_components=32)": PCA(n_components=32, random_state=0),
-        "SparseAutoencoder(n_components=4096, k=32)": SparseAutoencoder(
-            n_components=4096, k=32, max_iter=args.max_iter, random_state=0),
-        "HierarchicalSparseAutoencoder(n_parents=1024, n_children=16, subspace_dim=4, k=32)":
-            HierarchicalSparseAutoencoder(
-                n_parents=1024, n_children=16, subspace_dim=4, k=32, max_iter=args.max_iter,
-                random_state=0),
-    }
+    # The issue's grid: flat TopK at the parent width and at 4x, at k=32 and at k=64 (the
+    # L0 match: the H-SAE has k active parents plus up to k active children), all trained
+    # on the same tokens for the same number of steps (max_iter epochs of batch_size 1024).
+    estimators = {"PCA(n_components=32)": PCA(n_components=32, random_state=0)}
+    for width in (1024, 4096):
+        for k in (32, 64):
+            estimators[f"SparseAutoencoder(n_components={width}, k={k})"] = SparseAutoencoder(
+                n_components=width, k=k, max_iter=args.max_iter, random_state=0)
+    estimators["HierarchicalSparseAutoencoder(n_parents=1024, n_children=16, subspace_dim=4, k=32)"] = (
+        HierarchicalSparseAutoencoder(
+            n_parents=1024, n_children=16, subspace_dim=4, k=32, max_iter=args.max_iter,
+            random_state=0))
     report["results"] = [
         _evaluate(name, est, data, train, test, held, absorption_rows, args.layer)
         for name, est in estimators.items()
@@ -165,13 +176,14 @@ def _markdown(r: dict, max_iter: int) -> str:
         f"* Train {r['n_train_tokens']} tokens, {max_iter} epochs; held out {r['n_held_out_texts']} "
         f"texts ({r['n_test_tokens']} tokens)",
         "",
-        "| estimator | fit s | held-out EV | CE clean | CE spliced | CE zero-abl. | CE mean-abl. "
+        "| estimator | steps | fit s | held-out EV | L0 | CE clean | CE spliced | CE zero-abl. | CE mean-abl. "
         "| recovered | recovered vs mean | absorption | main miss | probe acc. |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in r["results"]:
         lines.append(
-            f"| {e['estimator']} | {e['fit_seconds']} | {e['held_out_explained_variance']:.4f} "
+            f"| {e['estimator']} | {e['n_steps']} | {e['fit_seconds']} "
+            f"| {e['held_out_explained_variance']:.4f} | {e['held_out_l0']:.1f} "
             f"| {e['ce_clean']:.4f} | {e['ce_spliced']:.4f} | {e['ce_zero_ablation']:.4f} "
             f"| {e['ce_mean_ablation']:.4f} | {e['ce_loss_recovered']:.4f} "
             f"| {e['ce_loss_recovered_mean_ablation']:.4f} | {e['absorption_rate']:.4f} "
