@@ -129,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--synthetic", action="store_true",
                       help="synthetic activations with a known tree instead of SmolLM2")
     demo.add_argument("--max-iter", type=int, default=None)
+    demo.add_argument("--n-texts", type=int, default=None,
+                      help="SmolLM2 demo: only the first N texts of every source (quick look)")
+    demo.add_argument("--data-home", default=None,
+                      help="SmolLM2 demo: activation cache folder (default ~/sklearn_hsae_data)")
     demo.add_argument("--random-state", type=int, default=0)
     demo.add_argument("--verbose", type=int, default=0)
     demo.set_defaults(run=_demo)

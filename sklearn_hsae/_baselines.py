@@ -42,7 +42,8 @@ class SparseAutoencoder(BaseSparseAutoencoder):
     batch_size : int, default=1024
         Rows per optimiser step, and per block in ``transform``.
     learning_rate : float or "auto", default="auto"
-        Peak Adam learning rate; ``"auto"`` is ``2e-4 / sqrt(n_components / 2**14)``.
+        Peak Adam learning rate; ``"auto"`` is
+        ``min(5e-3, 8e-4 / sqrt(n_components / 2**14))``, as for the hierarchical SAE.
     aux_coef : float, default=1/32
         Weight of the AuxK loss that revives dead latents; 0 disables it.
     normalize : {"global", "unit"} or None, default="global"

@@ -82,10 +82,11 @@ def language_model_demo(args) -> int:
           "reviews; extracted once, about 2-10 min on 2 cores, then read from the cache) ...",
           flush=True)
     start = time.perf_counter()
-    data = fetch_text_activations(layer=15)
+    data = fetch_text_activations(args.data_home, layer=15, n_texts=args.n_texts)
     print(f"{len(data.X)} tokens from {len(data.texts)} texts in {time.perf_counter() - start:.1f} s")
     rng = np.random.RandomState(args.random_state)
-    held = np.sort(rng.choice(len(data.texts), 300, replace=False))  # whole texts held out
+    n_held = min(300, len(data.texts) // 4)
+    held = np.sort(rng.choice(len(data.texts), n_held, replace=False))  # whole texts held out
     test = np.isin(data.doc_index, held)
     X_train, X_test = data.X[~test], data.X[test]
     hsae = HierarchicalSparseAutoencoder(
@@ -112,9 +113,10 @@ def language_model_demo(args) -> int:
     density = np.diff(parents.indptr) / len(X_test)
     child_count = np.diff(children.indptr).reshape(hsae.n_parents, hsae.n_children)
     live = (child_count >= 5).sum(axis=1)
-    # Parents that fire now and then (0.2-5 % of tokens) and split into most children.
-    candidates = np.flatnonzero((density > 0.002) & (density < 0.05))
-    shown = candidates[np.argsort(-live[candidates], kind="stable")][:4]
+    # Four parents, drawn at random among those that fire now and then (0.2-5 % of
+    # held-out tokens) and use at least half of their children.
+    candidates = np.flatnonzero((density > 0.002) & (density < 0.05) & (live >= hsae.n_children // 2))
+    shown = np.sort(rng.choice(candidates, min(4, len(candidates)), replace=False))
     print("\nA few parents -> their most frequent children (top-activating held-out tokens):")
     for j in shown:
         print(f"parent {j} ({density[j]:.2%} of tokens): {_top_tokens(parents, j, tokens)}")

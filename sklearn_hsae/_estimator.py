@@ -80,8 +80,9 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         Rows per optimiser step, and per block in ``transform``.
     learning_rate : float or "auto", default="auto"
         Peak Adam learning rate (linear warm-up, cosine decay to a tenth in ``fit``).
-        ``"auto"`` is ``2e-4 / sqrt(n_parents / 2**14)``, the width scaling law of Gao
-        et al. (2024) that sparsify also uses.
+        ``"auto"`` is ``min(5e-3, 8e-4 / sqrt(n_parents / 2**14))``: the width scaling
+        law of Gao et al. (2024) at four times their constant, which suits runs of
+        thousands of steps (see the user guide's "Learning rate").
     beta : float, default=0.1
         Routed only: weight of the parents-only reconstruction error (paper 1).
     aux_coef : float, default=1/32

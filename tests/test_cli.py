@@ -48,3 +48,15 @@ def test_cli_errors(tmp_path):
     np.save(tmp_path / "acts" / "X.npy", np.zeros((4, 3)))
     with pytest.raises(SystemExit, match="lacks tokens.npy"):
         main(["report", str(tmp_path), "--activations", str(tmp_path / "acts")])
+
+
+def test_synthetic_demo_prints_fvu_and_recovery(capsys):
+    import re
+
+    assert main(["demo", "--synthetic", "--max-iter", "2"]) == 0
+    out = capsys.readouterr().out
+    fvu = float(re.search(r"held-out FVU (\d\.\d+)", out).group(1))
+    assert 0 < fvu < 1
+    parents, children = map(int, re.search(r"parents (\d+)%, children (\d+)%", out).groups())
+    assert 0 <= parents <= 100 and 0 <= children <= 100
+    assert out.count("true parent ") == 3 and "flat TopK SAE of the same width" in out

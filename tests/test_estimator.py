@@ -11,7 +11,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import estimator_checks as ec
 from sklearn.utils.estimator_checks import check_estimator
 
-from sklearn_hsae import HierarchicalSparseAutoencoder
+from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder
 from sklearn_hsae.datasets import make_hierarchical_activations
 
 SMALL = dict(n_parents=8, n_children=3, subspace_dim=2, k=2, max_iter=3, batch_size=16)
@@ -44,7 +44,8 @@ def data():
 @pytest.fixture(scope="module")
 def fitted(data):
     return HierarchicalSparseAutoencoder(
-        n_parents=6, n_children=3, subspace_dim=2, k=2, max_iter=5, batch_size=64, random_state=0
+        n_parents=6, n_children=3, subspace_dim=2, k=2, max_iter=5, batch_size=64,
+        learning_rate=1e-2, random_state=0,  # 50 steps: above the "auto" cap of 5e-3
     ).fit(data)
 
 
@@ -282,5 +283,7 @@ def test_verbose_shows_loss_and_fvu(data, capsys):
 
 def test_auto_learning_rate_follows_the_width_law():
     est = HierarchicalSparseAutoencoder(n_parents=4096)
-    assert est._learning_rate() == pytest.approx(2e-4 * 2)
+    assert est._learning_rate() == pytest.approx(8e-4 * 2)  # 1/sqrt(4096 / 2**14) = 2
+    assert SparseAutoencoder(n_components=2**16)._learning_rate() == pytest.approx(4e-4)
+    assert HierarchicalSparseAutoencoder(n_parents=24)._learning_rate() == 5e-3  # the cap
     assert HierarchicalSparseAutoencoder(learning_rate=0.01)._learning_rate() == 0.01
