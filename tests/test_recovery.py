@@ -35,12 +35,20 @@ def test_routed_hsae_recovers_the_tree(tree_data):
     assert hsae.score(X) > 0.9
 
 
-def test_flat_topk_of_the_same_width_absorbs_parents(tree_data):
+@pytest.mark.parametrize("learning_rate, parents_recovered", [
+    (2e-4 / np.sqrt(216 / 2**14), "few"),  # Gao et al.'s constant: under-trained, absorbs
+    ("auto", "most"),                      # 5e-3 here: it finds most parents after all
+])
+def test_flat_topk_of_the_same_width(tree_data, learning_rate, parents_recovered):
     X, parents, children, tree = tree_data
     sae = SparseAutoencoder(n_components=24 * 9, k=6, max_iter=80, batch_size=512,
-                            random_state=0).fit(X)
+                            learning_rate=learning_rate, random_state=0).fit(X)
     best = np.abs(parents @ sae.components_.T).max(axis=1)
-    assert np.mean(best >= 0.8) < 0.5  # measured: 0.21
-    # What it learned instead: parent + child sums.
     sums = (parents[tree] + children) / np.sqrt(2)
-    assert np.mean(np.abs(sums @ sae.components_.T).max(axis=1) >= 0.8) > 0.9
+    sums_found = np.mean(np.abs(sums @ sae.components_.T).max(axis=1) >= 0.8)
+    if parents_recovered == "few":  # measured: 0.21 of parents, 1.0 of the sums
+        assert np.mean(best >= 0.8) < 0.5 and sums_found > 0.9
+    else:  # measured: 0.875 of parents
+        assert np.mean(best >= 0.8) > 0.8
+    # Either way a flat dictionary has no tree: which child belongs to which parent is
+    # for the routed H-SAE to say (child_parent_), not for a flat one.
