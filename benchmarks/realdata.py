@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--absorption-tokens", type=int, default=40_000)
     args = parser.parse_args()
     report = {
+        "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         "load_average_at_start": os.getloadavg(),
@@ -158,11 +159,18 @@ def main() -> None:
     (RESULTS / "realdata.md").write_text(_markdown(report, args.max_iter))
 
 
+def rewrite_markdown(max_iter: int = 5) -> None:
+    """Regenerate realdata.md from realdata.json (after a change to the table's layout)."""
+    report = json.loads((RESULTS / "realdata.json").read_text())
+    (RESULTS / "realdata.md").write_text(_markdown(report, max_iter))
+
+
 def _markdown(r: dict, max_iter: int) -> str:
     lines = [
         "# Real SmolLM2-135M activations (layer 15), measured by benchmarks/realdata.py",
         "",
-        f"Machine: {r['machine']}; load average at start {r['load_average_at_start']}.",
+        f"{r.get('date', '')}, {r['machine']}; load average at start "
+        f"{[round(v, 2) for v in r['load_average_at_start']]}; commit {r.get('git_commit')}.",
         "",
         f"* Model load (GGUF dequantisation, tokenizer): {r['model_load_seconds']} s",
         f"* Extraction: {r['n_tokens']} tokens from {r['n_texts']} texts in "

@@ -21,6 +21,20 @@ def _dead_tokens(est, n_samples: int) -> int:
     return min(_DEAD_TOKENS, max(n_samples, est.batch_size))
 
 
+# Paper 2 re-parents every 5,000 of ~98k steps: about 20 times per run.
+_REPARENTINGS_PER_FIT = 20
+_STREAM_REPARENT_EVERY = 5000
+
+
+def _reparent_every(est, total_steps: int | None) -> int:
+    """``"auto"``: 20 re-parentings per fit; paper 2's 5,000 steps when streaming."""
+    if est.reparent_every != "auto":
+        return est.reparent_every
+    if total_steps is None:
+        return _STREAM_REPARENT_EVERY
+    return max(1, round(total_steps / _REPARENTINGS_PER_FIT))
+
+
 class RoutedArchitecture:
     """Paper 1: TopK parents, one child per active parent inside its subspace."""
 
@@ -40,7 +54,7 @@ class RoutedArchitecture:
             )
 
     @staticmethod
-    def config(est, n_features: int, n_samples: int) -> RoutedConfig:
+    def config(est, n_features: int, n_samples: int, total_steps: int | None = None) -> RoutedConfig:
         return RoutedConfig(
             n_features=n_features,
             n_parents=est.n_parents,
@@ -122,7 +136,7 @@ class TreeArchitecture:
             raise ValueError(f"architecture='tree' needs n_levels >= 2, got {est.n_levels}.")
 
     @staticmethod
-    def config(est, n_features: int, n_samples: int) -> TreeConfig:
+    def config(est, n_features: int, n_samples: int, total_steps: int | None = None) -> TreeConfig:
         widths = TreeArchitecture.widths(est)
         return TreeConfig(
             n_features=n_features,
@@ -131,7 +145,7 @@ class TreeArchitecture:
             sparsity=est.sparsity,
             rho=est.rho,
             perturb_rate=est.perturb_rate,
-            reparent_every=est.reparent_every,
+            reparent_every=_reparent_every(est, total_steps),
             unassigned_fraction=est.unassigned_fraction,
             aux_coef=est.aux_coef,
             aux_k=min(max(1, n_features // 2), widths[0]),

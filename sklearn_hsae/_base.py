@@ -127,10 +127,10 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
     def _new_model(self, config, device):
         return self._model_class(config, device=device, dtype=_DTYPES[self.dtype])
 
-    def _initialize(self, X: np.ndarray, rng: np.random.RandomState):
+    def _initialize(self, X: np.ndarray, rng: np.random.RandomState, total_steps: int | None = None):
         """Fresh model: random weights from ``rng``, then scale and biases from data."""
         device = self._device()
-        config = self._model_config(X.shape[1], X.shape[0])
+        config = self._model_config(X.shape[1], X.shape[0], total_steps)
         generator = torch.Generator().manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
         sample = sample_rows(X, _INIT_SAMPLE, rng)
         if sample.dtype not in (np.float32, np.float64):  # float16 caches, ints
@@ -189,7 +189,7 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         batch = local_batch_size(self.batch_size)
         steps_per_epoch = math.ceil(shard.shape[0] / batch)
         total = self.max_iter * steps_per_epoch
-        config = self._model_config(X.shape[1], X.shape[0])
+        config = self._model_config(X.shape[1], X.shape[0], total)
         with deterministic(device.type == "cpu"):
             loop = FitLoop(self, shard, rng, steps_per_epoch, batch)
             self.loss_curve_ = []
@@ -198,7 +198,7 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
                 if self.warm_start and hasattr(self, "_model_state"):
                     model = self._model_from_state(self._model_state, device, config)
                 else:
-                    model = self._initialize(X, rng)
+                    model = self._initialize(X, rng, total)
                 broadcast_from_rank0(model, self)
                 loop.trainer = Trainer(model, self._train_config(total))
             self._config = config

@@ -184,7 +184,7 @@ class SparseAutoencoder(BaseSparseAutoencoder):
     def _topk_width(self) -> int:
         return self.n_components
 
-    def _model_config(self, n_features: int, n_samples: int) -> FlatConfig:
+    def _model_config(self, n_features: int, n_samples: int, total_steps: int | None = None) -> FlatConfig:
         return FlatConfig(
             n_features=n_features,
             n_latents=self.n_components,

@@ -70,8 +70,11 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     perturb_rate : float, default=0.05
         Tree only: probability that a parent's output is replaced by its children's sum
         in its level's reconstruction loss.
-    reparent_every : int, default=1000
-        Tree only: steps between re-assignments of children to parents.
+    reparent_every : int or "auto", default="auto"
+        Tree only: steps between re-assignments of children to parents. ``"auto"``
+        re-parents 20 times per ``fit`` (every ``total_steps / 20`` steps, paper 2's
+        ratio: every 5,000 of ~98k steps) and every 5,000 steps in ``partial_fit``,
+        whose length is unknown.
     unassigned_fraction : float, default=0.2
         Tree only: fraction of least-similar children left without a parent.
     max_iter : int, default=10
@@ -185,7 +188,7 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         "sparsity": [StrOptions({"topk", "l0"})],
         "rho": [Interval(Real, 0, None, closed="left")],
         "perturb_rate": [Interval(Real, 0, 1, closed="both")],
-        "reparent_every": [Interval(Integral, 1, None, closed="left")],
+        "reparent_every": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "unassigned_fraction": [Interval(Real, 0, 1, closed="left")],
         "beta": [Interval(Real, 0, None, closed="left")],
         "l1_coef": [Interval(Real, 0, None, closed="left")],
@@ -204,7 +207,7 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         sparsity="topk",
         rho=0.01,
         perturb_rate=0.05,
-        reparent_every=1000,
+        reparent_every="auto",
         unassigned_fraction=0.2,
         max_iter=10,
         batch_size=1024,
@@ -268,8 +271,8 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     def _topk_width(self) -> int:
         return self.n_parents
 
-    def _model_config(self, n_features: int, n_samples: int):
-        return self._arch.config(self, n_features, n_samples)
+    def _model_config(self, n_features: int, n_samples: int, total_steps: int | None = None):
+        return self._arch.config(self, n_features, n_samples, total_steps)
 
     def _export_fitted(self, model, reuse: bool = False) -> None:
         self._arch.export(self, model, reuse)

@@ -122,13 +122,15 @@ def config_from_json(est, obj, n_features: int, error: type, where: str):
     """The model config from JSON, checked against the one est's parameters imply.
 
     Shared by save (``error=ValueError``: the estimator changed since fit) and load.
-    A field that depends on the training-set size (found by asking the estimator for
-    the config of 1 and of 2**62 samples) need only lie between 0 and its larger value.
+    A field that depends on the training-set size or length (found by asking the
+    estimator for the config of 1 and of 2**62 samples and steps) need only lie between
+    0 and its larger value.
     """
     check_keys(obj, where, {"type", "fields"})
     try:
         est._check_sizes(n_features)
-        low, high = est._model_config(n_features, 1), est._model_config(n_features, 2**62)
+        low = est._model_config(n_features, 1, 1)
+        high = est._model_config(n_features, 2**62, 2**62)
     except ValueError as exc:
         raise error(f"{where}: the parameters are inconsistent ({exc})") from None
     if obj["type"] != type(low).__name__ or obj["type"] not in MODEL_CONFIGS:

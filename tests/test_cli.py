@@ -59,4 +59,4 @@ def test_synthetic_demo_prints_fvu_and_recovery(capsys):
     assert 0 < fvu < 1
     parents, children = map(int, re.search(r"parents (\d+)%, children (\d+)%", out).groups())
     assert 0 <= parents <= 100 and 0 <= children <= 100
-    assert out.count("true parent ") == 3 and "flat TopK SAE of the same width" in out
+    assert out.count("true parent ") == 3 and "flat TopK SAE of the same width (216, k=6)" in out

@@ -214,3 +214,26 @@ def test_tree_recovers_the_generator_tree_as_well_as_the_posthoc_baseline():
         codes = est.encode(X)
         h = hierarchy_consistency(codes.parent, codes.child, est.child_parent_)
         assert h["p_parent_given_child"] > 0.8 and h["hamming_rate"] < 0.1
+
+
+def test_auto_reparenting_runs_twenty_times_per_fit(monkeypatch, tmp_path):
+    from sklearn_hsae.io import load, save
+
+    X, *_ = make_hierarchical_activations(n_samples=500, n_features=12, n_parents=4, n_children=2,
+                                          subspace_dim=2, n_active=2, random_state=0)
+    calls = []
+    original = TreeSAE.reparent
+    monkeypatch.setattr(TreeSAE, "reparent", lambda self: calls.append(int(self.step)) or original(self))
+    est = HierarchicalSparseAutoencoder(architecture="tree", n_parents=4, n_children=2, k=2,
+                                        max_iter=4, batch_size=50, random_state=0).fit(X)
+    assert est.n_steps_ == 40 and est._config.reparent_every == 2  # 40 steps / 20
+    # once at initialisation, after every second step, and once at the end of fit
+    assert calls == [0, *range(2, 41, 2), 40]
+    save(est, tmp_path / "m")  # a size-dependent field that io accepts
+    assert load(tmp_path / "m")._config.reparent_every == 2
+    stream = HierarchicalSparseAutoencoder(architecture="tree", n_parents=4, n_children=2, k=2,
+                                           batch_size=50).partial_fit(X[:50])
+    assert stream._config.reparent_every == 5000  # paper 2's period when the length is unknown
+    fixed = HierarchicalSparseAutoencoder(architecture="tree", n_parents=4, n_children=2, k=2,
+                                          max_iter=1, batch_size=50, reparent_every=7).fit(X)
+    assert fixed._config.reparent_every == 7
