@@ -38,6 +38,7 @@ from ._data import (
     to_device,
 )
 from ._fitting import FitLoop, broadcast_from_rank0, local_batch_size, shard_for_rank
+from ._sparse import RowStack
 from ._training import DivergenceError, Trainer, deterministic
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -340,14 +341,20 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
     def _encode_context(self, model):
         return None
 
-    def _encode_levels(self, X) -> list:
-        """CSR codes of every level of X (validated), coarsest first."""
+    def _encode_levels(self, X, *, side_by_side: bool = False) -> list:
+        """CSR codes of every level of X (validated), coarsest first; with
+        ``side_by_side``, one CSR of all levels (``transform``). Blocks are copied into
+        the result as they come (:class:`RowStack`), never held all at once."""
         dtype = output_dtype(X)
-        blocks = [
-            self._block_levels(codes, scale, dtype, context)
-            for codes, scale, _, context in self._encode_blocks(X)
-        ]
-        return [sp.vstack(level, format="csr") for level in zip(*blocks)]
+        widths = self._level_widths()
+        stacks = [RowStack(X.shape[0], w) for w in ([sum(widths)] if side_by_side else widths)]
+        for codes, scale, _, context in self._encode_blocks(X):
+            levels = self._block_levels(codes, scale, dtype, context)
+            if side_by_side:
+                levels = [sp.hstack(levels, format="csr")]
+            for stack, block in zip(stacks, levels):
+                stack.add(block)
+        return [stack.result(dtype) for stack in stacks]
 
     @property
     def _n_features_out(self) -> int:
@@ -369,7 +376,7 @@ class BaseSparseAutoencoder(ClassNamePrefixFeaturesOutMixin, TransformerMixin, B
         """
         check_is_fitted(self)
         X = self._check_X(X, reset=False)
-        return sp.hstack(self._encode_levels(X), format="csr")
+        return self._encode_levels(X, side_by_side=True)[0]
 
     def inverse_transform(self, X):
         """Reconstruct activations from codes, in the original input scale.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 
 import numpy as np
@@ -36,6 +37,34 @@ def is_streamed(X) -> bool:
     return hasattr(X, "dtype") and hasattr(X, "__getitem__") and shape is not None and len(shape) == 2
 
 
+def release_rows(X, start: int, stop: int) -> None:
+    """Drop the file pages of rows [start, stop) of a memmap from this process.
+
+    Reading a memmap maps every page it touches into the process, so a pass over a
+    file larger than memory would count the whole file in the resident set (the pages
+    stay in the kernel's page cache either way). ``MADV_DONTNEED`` unmaps them; a later
+    read faults them back in from the cache, so nothing is lost. Only for read-only and
+    shared (``"r"``, ``"r+"``) C-contiguous memmaps: on a copy-on-write one it would
+    discard the caller's changes. Anything else is left alone.
+    """
+    mm = getattr(X, "_mmap", None)
+    if (not isinstance(X, np.memmap) or mm is None or getattr(X, "mode", None) not in ("r", "r+")
+            or not X.flags.c_contiguous or not hasattr(mm, "madvise") or stop <= start):
+        return
+    anchor = np.frombuffer(mm, dtype=np.uint8, count=1)  # the mapping's first byte
+    base = anchor.ctypes.data
+    del anchor
+    row_bytes = X.strides[0]
+    first = X.ctypes.data - base + start * row_bytes
+    last = X.ctypes.data - base + stop * row_bytes
+    page = mmap.PAGESIZE
+    first -= first % page  # madvise wants a page-aligned start
+    try:
+        mm.madvise(mmap.MADV_DONTNEED, first, min(last, len(mm)) - first)
+    except (OSError, ValueError):  # an advice, never an error
+        pass
+
+
 def _block_rows(X, target_bytes: int) -> int:
     return max(1, target_bytes // max(1, X.shape[1] * np.dtype(X.dtype).itemsize))
 
@@ -63,6 +92,8 @@ def check_streamed(X) -> None:
         if not np.isfinite(block).all():
             bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
             raise ValueError(f"Input X contains NaN or infinity (first in row {bad}).")
+        del block
+        release_rows(X, start, start + step)
 
 
 def sample_rows(X, n_sample: int, rng: np.random.RandomState) -> np.ndarray:
@@ -93,6 +124,7 @@ def iter_batches(X, batch_size: int, rng: np.random.RandomState | None = None) -
     if rng is None:
         for start in range(0, n, batch_size):
             yield np.asarray(X[start : start + batch_size])
+            release_rows(X, start, start + batch_size)  # the consumer is done with it
         return
     if not is_streamed(X):
         order = rng.permutation(n)
@@ -105,6 +137,8 @@ def iter_batches(X, batch_size: int, rng: np.random.RandomState | None = None) -
     for group in range(0, len(starts), _PIECES):
         chosen = np.sort(starts[group : group + _PIECES])
         buffer = np.concatenate([carry, *(np.asarray(X[s : s + piece]) for s in chosen)])
+        for s in chosen:
+            release_rows(X, s, s + piece)
         buffer = buffer[rng.permutation(len(buffer))]
         full = len(buffer) - len(buffer) % batch_size
         for start in range(0, full, batch_size):

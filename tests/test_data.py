@@ -102,3 +102,55 @@ def test_streamed_data_is_checked(tmp_path):
     est = SparseAutoencoder(n_components=8, k=2, max_iter=1).fit(np.ones((20, 4)))
     with pytest.raises(ValueError, match="X has 3 features"):
         est.transform(SliceOnly(np.zeros((5, 3), np.float32)))
+
+
+def _rss_file_kib() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_streaming_a_memmap_leaves_its_pages_unmapped(tmp_path):
+    path = tmp_path / "big.npy"
+    X = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(40_000, 256))  # 39 MiB
+    X[:] = np.arange(256, dtype=np.float32)
+    X.flush()
+    del X
+    X = np.load(path, mmap_mode="r")
+    before = _rss_file_kib()
+    total = sum(float(block[:, 1].sum()) for block in iter_batches(X, 1000))
+    after_streaming = _rss_file_kib()
+    assert total == 40_000.0  # still read right
+    assert after_streaming - before < X.nbytes / 1024 / 4  # < a quarter of the file mapped
+    float(np.asarray(X).sum())  # control: a plain pass maps every page
+    assert _rss_file_kib() - before > X.nbytes / 1024 * 0.9
+    # Writable shared memmaps keep their writes; copy-on-write ones are never released.
+    W = np.load(path, mmap_mode="r+")
+    W[5] = -1.0
+    data_module.release_rows(W, 0, 100)
+    assert (W[5] == -1.0).all() and (np.load(path, mmap_mode="r")[5] == -1.0).all()
+    C = np.load(path, mmap_mode="c")
+    C[7] = 3.0
+    data_module.release_rows(C, 0, 100)
+    assert (C[7] == 3.0).all()
+
+
+@pytest.mark.parametrize("sizes", [[3, 0, 5, 2], [1, 1, 1, 7]])  # the second grows the arrays
+def test_row_stack_matches_vstack(sizes):
+    import scipy.sparse as sp
+
+    from sklearn_hsae._sparse import RowStack
+
+    rng = np.random.RandomState(0)
+    blocks = []
+    for i, rows in enumerate(sizes):
+        dense = rng.rand(rows, 9) * (rng.rand(rows, 9) < 0.2 + 0.1 * i)
+        blocks.append(sp.csr_matrix(dense.astype(np.float32)))
+    stack = RowStack(sum(sizes), 9)
+    for block in blocks:
+        stack.add(block)
+    out = stack.result(np.float32)
+    expected = sp.vstack(blocks, format="csr")
+    assert out.dtype == np.float32 and out.nnz == expected.nnz and out.has_canonical_format
+    np.testing.assert_array_equal(out.toarray(), expected.toarray())
