@@ -53,6 +53,7 @@ def _measure(name, estimator, X_train, X_test) -> dict:
         "perturb_rate": estimator.perturb_rate,
         "fit_seconds": round(seconds, 1),
         "n_steps": estimator.n_steps_,
+        "reparent_every": estimator._config.reparent_every,  # "auto" resolved
         "fvu_by_level": [round(v, 4) for v in _level_fvus(estimator, X_test)],
         "assigned_fraction": float(np.mean(estimator.parent_index_by_level_[1] >= 0)),
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()},
@@ -84,7 +85,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "load_average_at_start": os.getloadavg(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "git_commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                                      capture_output=True, text=True).stdout.strip(),
         "n_train_tokens": int(len(X_train)),
@@ -116,8 +117,8 @@ def _markdown(r: dict) -> str:
         "",
         f"{r['date']}, {r['machine']}, load average at start {r['load_average_at_start']}, "
         f"commit {r['git_commit']}. Widths {r['widths']}, k = {r['k']} per level, "
-        f"{r['max_iter']} epochs of batch 1024 (re-parenting every "
-        f"{r.get('reparent_every', 1000)} steps) on {r['n_train_tokens']} tokens; figures on "
+        f"{r['max_iter']} epochs of batch 1024 (tree HSAE re-parented every "
+        f"{r['runs'][-1].get('reparent_every', 1000)} steps) on {r['n_train_tokens']} tokens; figures on "
         f"{r['n_test_tokens']} held-out tokens (300 whole texts). Hamming counts held-out rows "
         "on which a parent's activity differs from the OR of its assigned children's, averaged "
         "over parents with at least one assigned child.",
