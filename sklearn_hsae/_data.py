@@ -51,17 +51,16 @@ def release_rows(X, start: int, stop: int) -> None:
     if (not isinstance(X, np.memmap) or mm is None or getattr(X, "mode", None) not in ("r", "r+")
             or not X.flags.c_contiguous or not hasattr(mm, "madvise") or stop <= start):
         return
-    anchor = np.frombuffer(mm, dtype=np.uint8, count=1)  # the mapping's first byte
-    base = anchor.ctypes.data
-    del anchor
-    row_bytes = X.strides[0]
-    first = X.ctypes.data - base + start * row_bytes
-    last = X.ctypes.data - base + stop * row_bytes
-    page = mmap.PAGESIZE
-    first -= first % page  # madvise wants a page-aligned start
-    try:
-        mm.madvise(mmap.MADV_DONTNEED, first, min(last, len(mm)) - first)
-    except (OSError, ValueError):  # an advice, never an error
+    try:  # an advice, never an error (e.g. on a closed map)
+        anchor = np.frombuffer(mm, dtype=np.uint8, count=1)  # the mapping's first byte
+        base = anchor.ctypes.data
+        del anchor
+        first = X.ctypes.data - base + start * X.strides[0]
+        last = min(X.ctypes.data - base + stop * X.strides[0], len(mm))
+        first -= first % mmap.PAGESIZE  # madvise wants a page-aligned start
+        if last > first:
+            mm.madvise(mmap.MADV_DONTNEED, first, last - first)
+    except (OSError, ValueError):
         pass
 
 
