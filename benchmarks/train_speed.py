@@ -234,7 +234,7 @@ def main(argv=None):
     own = [c for c in cands if c.library == "sklearn_hsae"]
     payload["gemm"] = [gemm_probe(c, pool[0]) for c in own if c.name.startswith(("sklearn_hsae routed",))]
     if args.profile:
-        picks = [c for c in own if "routed" in c.name or c.name.endswith(f" {args.widths[1]}")]
+        picks = [c for c in own if "routed" in c.name or c.name.endswith(f" {args.widths[min(1, len(args.widths) - 1)]}")]
         payload["profiles"] = [profile_step(c, pool[1]) for c in picks]
     payload["ratios"] = ratio_table(results, args.widths)
     if not args.no_quality:
