@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.realdata import _held_out_split
 from sklearn_hsae import HierarchicalSparseAutoencoder, posthoc_baseline
 from sklearn_hsae.datasets import fetch_text_activations
 from sklearn_hsae.metrics import fvu, hierarchy_consistency
@@ -77,10 +78,8 @@ def main() -> None:
     args = parser.parse_args()
 
     data = fetch_text_activations(args.data_home, layer=15)
-    rng = np.random.RandomState(0)
-    held = np.sort(rng.choice(len(data.texts), args.n_held_out, replace=False))
-    test = np.isin(data.doc_index, held)
-    X_train, X_test = data.X[~test], data.X[test]
+    _, train, test = _held_out_split(data, args.n_held_out, seed=0)  # realdata.py's split
+    X_train, X_test = data.X[train], data.X[test]
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
