@@ -92,8 +92,9 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         Weight of the AuxK loss that revives dead parents (Gao et al.); 0 disables it.
     l1_coef : float, default=0.0
         Routed only: L1 penalty on all parent and active-expert child pre-activations
-        (paper 1 uses 1e-3; on the generator it helped tree recovery a little, see the
-        user guide's "Choosing the sizes"; not measured on real activations).
+        (paper 1 uses 1e-3; on the generator it helped tree recovery a little, on
+        SmolLM2 it did not help explained variance: see the user guide's "Choosing the
+        sizes").
     ortho_coef : float, default=0.0
         Routed only: encoder/decoder bi-orthogonality penalty (paper 1 uses 0.1; no
         effect on tree recovery on the generator that four seeds can show).
