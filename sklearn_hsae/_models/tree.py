@@ -69,33 +69,37 @@ class _Level(nn.Module):
 def _structural_loss(parent: tuple, child: tuple, has_children: Tensor, parent_of: Tensor) -> Tensor:
     """``sum_b sum_p ||a_p d_p - S_p||^2`` over parents with children, S_p = sum of children.
 
-    Uses ``a_p^2 ||d_p||^2 - 2 a_p d_p.S_p + ||S_p||^2`` and builds S only for the
-    (row, parent) groups that have an active child: never a (B, n_parents, d) tensor.
+    Expanded as ``a_p^2 ||d_p||^2 - 2 a_p d_p.S_p + ||S_p||^2`` and written with decoder
+    dot products only, so no (B, k, d) gather is built:
+
+    - ``d_p.S_p = sum_c v_c (d_p.d_c)``, where ``d_parent(c).d_c`` is one number per
+      child, computed once per step for the whole level (n_children dot products);
+    - ``||S_p||^2 = sum_c v_c^2 ||d_c||^2 + 2 sum_{c < c'} v_c v_c' d_c.d_c'`` over the
+      siblings active in the same row, found with a (B, k, k) mask (few pairs).
+
     parent, child: (values (B, k), indices (B, k), decoder (n, d)).
     """
     vp, ip, Dp = parent
     vc, ic, Dc = child
-    n_parents = Dp.shape[0]
-    rows = torch.arange(vp.shape[0], device=vp.device)[:, None]
-    sq_norms = Dp.pow(2).sum(dim=1)  # (n_parents,) 1 between steps; exact gradient anyway
-    term_parent = (vp.pow(2) * sq_norms[ip] * has_children[ip]).sum()
+    term_parent = (vp.pow(2) * Dp.pow(2).sum(dim=1)[ip] * has_children[ip]).sum()
 
     pc = parent_of[ic]  # (B, kc) parent of each active child, -1 = none
     live = (vc != 0) & (pc >= 0)
-    child_key = (rows * n_parents + pc)[live]  # (Nc,)
-    if child_key.numel() == 0:
-        return term_parent
-    keys, group = torch.unique(child_key, return_inverse=True)  # sorted keys, (Nc,)
-    S = vc.new_zeros(len(keys), Dc.shape[1])
-    S.index_add_(0, group, vc[live][:, None] * Dc[ic[live]])  # (G, d) children's sums
-    term_children = S.pow(2).sum()
+    vc = vc * live
+    # Each child's dot with its own parent's decoder row (unassigned children: 0).
+    own = parent_of >= 0
+    parent_dot = (Dc * Dp[parent_of.clamp_min(0)]).sum(dim=1) * own  # (n_children,)
+    # The value of child c's parent in the same row (0 when that parent is silent).
+    same = pc[:, :, None] == ip[:, None, :]  # (B, kc, kp)
+    a_parent = (same * vp[:, None, :]).sum(dim=2)  # (B, kc)
+    term_cross = (a_parent * vc * parent_dot[ic]).sum()
 
-    parent_key = (rows * n_parents + ip)[vp != 0]  # (Np,)
-    pos = torch.searchsorted(keys, parent_key).clamp_max(len(keys) - 1)
-    found = keys[pos] == parent_key
-    a_p = vp[vp != 0][found]
-    d_p = Dp[ip[vp != 0][found]]  # (Nf, d)
-    term_cross = (a_p * (d_p * S[pos[found]]).sum(-1)).sum()
+    term_children = (vc.pow(2) * Dc.pow(2).sum(dim=1)[ic]).sum()
+    siblings = (pc[:, :, None] == pc[:, None, :]) & live[:, :, None] & live[:, None, :]
+    b, i, j = torch.nonzero(torch.triu(siblings, diagonal=1), as_tuple=True)
+    if b.numel():
+        dots = (Dc[ic[b, i]] * Dc[ic[b, j]]).sum(dim=1)
+        term_children = term_children + 2 * (vc[b, i] * vc[b, j] * dots).sum()
     return term_parent - 2 * term_cross + term_children
 
 
