@@ -1,7 +1,12 @@
 """Hierarchical sparse autoencoders for language-model activations, the scikit-learn way."""
 
-from ._baselines import SparseAutoencoder
-from ._estimator import HierarchicalCodes, HierarchicalSparseAutoencoder, posthoc_baseline
+from ._estimators import (
+    HierarchicalCodes,
+    HierarchicalSparseAutoencoder,
+    SparseAutoencoder,
+    SparseCodes,
+    posthoc_baseline,
+)
 from ._training import DivergenceError
 
 __version__ = "0.1.0.dev0"
@@ -11,6 +16,7 @@ __all__ = [
     "HierarchicalCodes",
     "HierarchicalSparseAutoencoder",
     "SparseAutoencoder",
+    "SparseCodes",
     "__version__",
     "posthoc_baseline",
 ]

@@ -16,14 +16,50 @@ _CHECK_BLOCK_BYTES = 64 * 2**20
 _PIECES = 8  # contiguous pieces per shuffle buffer
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` picks CUDA when present, else CPU; anything else is passed to torch."""
-    if device == "auto":
+_DEVICE_CHOICES = "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device"
+
+
+def resolve_device(device) -> torch.device:
+    """``"auto"`` picks CUDA when present, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+    ``"mps"`` and ``torch.device`` objects name a device. Anything else, or a device this
+    machine lacks, is a ValueError naming the options."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            dev = None
+        if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device={device!r} is not a device; use {_DEVICE_CHOICES}.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but CUDA is not available.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={device!r} was requested but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s)."
+        )
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r} was requested but MPS is not available.")
     return dev
+
+
+def from_torch(X):
+    """A torch tensor (any device) as a host numpy array; anything else unchanged.
+
+    float32 and float64 keep their dtype; float16 and bfloat16 become float32 (numpy
+    has no bfloat16, and half precision would lose the codes' small values); integer and
+    bool tensors are converted as numpy would (scikit-learn's checks then make them
+    float64). The estimators' outputs are numpy / scipy whatever came in.
+    """
+    if not isinstance(X, torch.Tensor):
+        return X
+    X = X.detach()
+    if X.dtype in (torch.float16, torch.bfloat16):
+        X = X.to(torch.float32)
+    return X.cpu().numpy()
 
 
 def is_streamed(X) -> bool:
@@ -183,3 +219,31 @@ def scale_rows(x: Tensor, normalize: str | None, scale: float) -> tuple[Tensor, 
     factor = 1.0 / scale if normalize == "global" else 1.0
     row_scale = torch.full((x.shape[0],), factor, dtype=x.dtype, device=x.device)
     return (x * scale if normalize == "global" else x), row_scale
+
+
+def tree_to_numpy(tree):
+    """Nested dicts / lists of tensors -> the same with numpy arrays on the host (copies)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu().numpy().copy()
+    if isinstance(tree, dict):
+        return {k: tree_to_numpy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(tree_to_numpy(v) for v in tree)
+    return tree
+
+
+def tree_to_device(tree, device):
+    """Nested dicts / lists of numpy arrays or tensors -> tensors on ``device``.
+
+    numpy arrays are copied first, so the tensors never share memory with fitted
+    attributes a caller might still hold.
+    """
+    if isinstance(tree, np.ndarray):
+        return torch.from_numpy(tree.copy()).to(device)
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: tree_to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(tree_to_device(v, device) for v in tree)
+    return tree

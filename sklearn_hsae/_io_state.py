@@ -17,9 +17,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from sklearn.utils._param_validation import InvalidParameterError
 
-from ._baselines import SparseAutoencoder
+from ._estimators import SparseAutoencoder
 from ._config import MODEL_CONFIGS
-from ._estimator import HierarchicalSparseAutoencoder
+from ._estimators import HierarchicalSparseAutoencoder
 from ._io_checks import (
     ST_CODES,
     check_keys,
@@ -45,6 +45,7 @@ BASE_FITTED = {
     "n_steps_": (int, 0),
     "scale_": (float, 0.0),
     "loss_curve_": (list[float], None),
+    "l0_": (list[float], 0.0),
 }
 # Stored fitted arrays must match the ones the weights imply to this fraction of their
 # largest entry: loose enough for a GPU's TF32 matmuls, tight enough to refuse garbage.

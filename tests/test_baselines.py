@@ -35,7 +35,7 @@ def test_topk_matches_dense_computation():
     model, x = make_model()
     z = dense_codes(model, x, lambda a: a >= torch.topk(a, 3, dim=1).values[:, -1:])
     codes = model(x)
-    dense = torch.zeros_like(z).scatter(1, codes.indices, codes.values)
+    dense = torch.zeros_like(z).scatter(1, codes.indices[0], codes.values[0])
     torch.testing.assert_close(dense, z)
     torch.testing.assert_close(codes.x_hat, z @ model.W_dec + model.b_dec)
     model.loss(x).loss.backward()
@@ -51,8 +51,8 @@ def test_batchtopk_keeps_batch_k_in_training_and_a_threshold_at_inference():
     act = F.relu((x - model.b_dec) @ model.W_enc.T + model.b_enc)
     cut = torch.topk(act.reshape(-1), 2 * 12).values[-1]
     codes = model.train()(x)
-    assert int((codes.values > 0).sum()) == 24
-    per_row = (codes.values > 0).sum(dim=1)
+    assert int((codes.values[0] > 0).sum()) == 24
+    per_row = (codes.values[0] > 0).sum(dim=1)
     assert per_row.min() != per_row.max()  # rows share the budget unevenly
     torch.testing.assert_close(model.threshold, cut)  # first batch sets it
     model.train()(2 * x)  # EMA with momentum 0.99 afterwards
@@ -61,10 +61,10 @@ def test_batchtopk_keeps_batch_k_in_training_and_a_threshold_at_inference():
     model.eval()
     z = dense_codes(model, x, lambda a: a > model.threshold)
     codes = model(x)
-    dense = torch.zeros_like(z).scatter(1, codes.indices, codes.values)
+    dense = torch.zeros_like(z).scatter(1, codes.indices[0], codes.values[0])
     torch.testing.assert_close(dense, z)
     one_row = model(x[3:4])  # inference is row-independent
-    torch.testing.assert_close(torch.zeros(1, 16, dtype=z.dtype).scatter(1, one_row.indices, one_row.values), z[3:4])
+    torch.testing.assert_close(torch.zeros(1, 16, dtype=z.dtype).scatter(1, one_row.indices[0], one_row.values[0]), z[3:4])
 
 
 def test_matryoshka_sums_every_prefix_loss():
@@ -94,7 +94,8 @@ def test_check_estimator_passes_every_check(params):
 
 @pytest.mark.parametrize(
     "prefixes, expected",
-    [(None, ()), ([8, 32], (8, 32, 64)), ([0.25, 0.5], (16, 32, 64)), ([0.001, 0.5], (1, 32, 64))],
+    [(None, ()), ([8, 32], (8, 32, 64)), ([0.25, 0.5], (16, 32, 64)), ([0.001, 0.5], (1, 32, 64)),
+     ([8, 32, 64], (8, 32, 64))],  # SAELens writes the full width last
 )
 def test_matryoshka_prefixes(prefixes, expected):
     assert SparseAutoencoder(n_components=64, matryoshka_prefixes=prefixes)._prefixes() == expected
@@ -102,7 +103,7 @@ def test_matryoshka_prefixes(prefixes, expected):
 
 @pytest.mark.parametrize(
     "prefixes, match",
-    [([8, 8], "increase strictly"), ([8, 64], "increase strictly"), ([0.5, 1.5], r"lie in \(0, 1\)"),
+    [([8, 8], "increase strictly"), ([8, 65], "increase strictly"), ([64, 8], "increase strictly"), ([0.5, 1.5], r"lie in \(0, 1\)"),
      ([[1, 2]], "1-d list"), ([], "non-empty")],
 )
 def test_bad_matryoshka_prefixes(prefixes, match):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from sklearn_hsae import DivergenceError, HierarchicalSparseAutoencoder, SparseAutoencoder
-from sklearn_hsae._training import Trainer, read_checkpoint
+from sklearn_hsae._training import Trainer
+from sklearn_hsae._training.checkpoint import read_checkpoint
 from sklearn_hsae.datasets import make_hierarchical_activations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

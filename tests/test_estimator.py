@@ -12,6 +12,7 @@ from sklearn.utils import estimator_checks as ec
 from sklearn.utils.estimator_checks import check_estimator
 
 from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder
+from sklearn_hsae._config import TrainConfig
 from sklearn_hsae.datasets import make_hierarchical_activations
 
 SMALL = dict(n_parents=8, n_children=3, subspace_dim=2, k=2, max_iter=3, batch_size=16)
@@ -281,9 +282,15 @@ def test_verbose_shows_loss_and_fvu(data, capsys):
     assert "loss=" in err and "fvu=" in err and "fit" in err
 
 
+def _learning_rate(est):
+    """The peak rate fit would use: the train config built from the model config."""
+    config = est.set_params(k=1)._model_config(n_features=8, n_samples=100, total_steps=10)
+    return TrainConfig.from_params(est.learning_rate, config.lr_width, 10).learning_rate
+
+
 def test_auto_learning_rate_follows_the_width_law():
     est = HierarchicalSparseAutoencoder(n_parents=4096)
-    assert est._learning_rate() == pytest.approx(8e-4 * 2)  # 1/sqrt(4096 / 2**14) = 2
-    assert SparseAutoencoder(n_components=2**16)._learning_rate() == pytest.approx(4e-4)
-    assert HierarchicalSparseAutoencoder(n_parents=24)._learning_rate() == 5e-3  # the cap
-    assert HierarchicalSparseAutoencoder(learning_rate=0.01)._learning_rate() == 0.01
+    assert _learning_rate(est) == pytest.approx(8e-4 * 2)  # 1/sqrt(4096 / 2**14) = 2
+    assert _learning_rate(SparseAutoencoder(n_components=2**16)) == pytest.approx(4e-4)
+    assert _learning_rate(HierarchicalSparseAutoencoder(n_parents=24)) == 5e-3  # the cap
+    assert _learning_rate(HierarchicalSparseAutoencoder(learning_rate=0.01)) == 0.01

@@ -64,7 +64,7 @@ def dense_loss(model, x):
 
 def test_forward_matches_dense_reference():
     model, x = make_model()
-    codes = model(x)
+    codes = model._forward(x).codes
     z, act, arg, x_par, x_hat, *_ = dense_reference(model, x)
     torch.testing.assert_close(codes.x_hat, x_hat)
     torch.testing.assert_close(codes.x_hat_parents, x_par)
@@ -87,10 +87,10 @@ def test_encoding_without_autograd_walks_tiles_in_chunks(monkeypatch):
 
     model, x = make_model(n_parents=6, k=4)
     x = torch.cat([x] * 20)  # 180 rows: several tiles per expert
-    with_graph = model(x)
+    with_graph = model._forward(x).codes
     monkeypatch.setattr(grouped, "_INFERENCE_SLOTS", 8)  # many chunks, a ragged last one
     with torch.no_grad():
-        chunked = model(x)
+        chunked = model._forward(x).codes
     _, _, _, x_par, x_hat, *_ = dense_reference(model, x)
     torch.testing.assert_close(chunked.x_hat, x_hat)
     for name in chunked._fields:
@@ -144,7 +144,7 @@ def test_auxk_revives_dead_parents_only():
     model, x = make_model(aux_coef=1.0, dead_tokens=0, n_parents=20, k=1)
     with torch.no_grad():
         model.tokens_since_fired.fill_(100)
-    codes = model(x)
+    codes = model._forward(x).codes
     fired = torch.unique(codes.parent_indices[codes.parent_values > 0])
     dead = torch.ones(20, dtype=torch.bool)
     dead[fired] = False
@@ -206,7 +206,7 @@ def test_rows_with_no_active_parent():
         model.b_enc.fill_(-1e6)  # nothing survives the ReLU
     out = model.loss(x)
     out.loss.backward()
-    codes = model(x)
+    codes = model._forward(x).codes
     assert torch.all(codes.parent_values == 0) and torch.all(codes.child_values == 0)
     torch.testing.assert_close(codes.x_hat, model.b_dec.expand_as(x))
 

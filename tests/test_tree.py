@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from sklearn_hsae import HierarchicalSparseAutoencoder, posthoc_baseline
 from sklearn_hsae._config import TreeConfig
 from sklearn_hsae._models import TreeSAE
-from sklearn_hsae._models.jumprelu import jump_relu, step_count
+from sklearn_hsae._models.jumprelu import jump_relu, count_active
 from sklearn_hsae._models.tree import _structural_loss
 from sklearn_hsae.datasets import make_hierarchical_activations
 from sklearn_hsae.metrics import hierarchy_consistency, tree_recovery
@@ -110,7 +110,7 @@ def test_jump_relu_straight_through_gradients():
     # Within bandwidth / 2 of theta: pre[0, 1] (feature 1) and pre[1, 0] (feature 0).
     torch.testing.assert_close(theta.grad, torch.tensor([-1000.0, -1000.0, 0.0], dtype=torch.float64))
     theta.grad = None
-    counts = step_count(pre, theta, 0.001)
+    counts = count_active(pre, theta, 0.001)
     torch.testing.assert_close(counts, torch.tensor([2.0, 1.0], dtype=torch.float64))
     counts.sum().backward()
     torch.testing.assert_close(theta.grad, torch.tensor([-1000.0, -1000.0, 0.0], dtype=torch.float64))

@@ -1,13 +1,13 @@
 """Torch modules, one architecture a file. Nothing here imports scikit-learn.
 
-Every model offers the same interface to the training loop:
-``loss(x) -> LossOutput``, ``before_optimizer_step()``, ``after_optimizer_step()``,
-``init_from_data(x)``, and ``forward(x)`` returning a NamedTuple of sparse codes.
+Every model implements :class:`~.common.SAEModel` (the interface the training loop and
+the estimators use, and nothing else) and returns one code form, :class:`~.common.Codes`:
+per level (values, indices), the reconstruction and the per-level reconstructions.
 """
 
-from .common import LossOutput
-from .flat import FlatCodes, FlatSAE
-from .routed import RoutedCodes, RoutedSAE
-from .tree import TreeCodes, TreeSAE
+from .common import Codes, Dictionary, LossOutput, SAEModel
+from .flat import FlatSAE
+from .routed import RoutedSAE
+from .tree import TreeSAE
 
-__all__ = ["FlatCodes", "FlatSAE", "LossOutput", "RoutedCodes", "RoutedSAE", "TreeCodes", "TreeSAE"]
+__all__ = ["Codes", "Dictionary", "FlatSAE", "LossOutput", "RoutedSAE", "SAEModel", "TreeSAE"]

@@ -1,4 +1,4 @@
-"""Pieces every architecture shares: TopK, sparse decoding, AuxK, decoder constraints.
+"""The model interface, the one code form, and the pieces every architecture shares.
 
 Only torch is imported here. Shapes: B = batch, d = features, m = dictionary width,
 k = active latents per row.
@@ -7,13 +7,40 @@ k = active latents per row.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .sparse_ops import select_linear, sparse_decode
+
+
+class Codes(NamedTuple):
+    """What ``model(x)`` returns, for every architecture: per level, coarsest first."""
+
+    values: list[Tensor]
+    """Per level (B, k_l) activations (0 in unused slots). They multiply the level's
+    *unit* decoder rows (``Dictionary.components``), whatever the model's internal
+    parametrisation, so codes are comparable across architectures."""
+    indices: list[Tensor]
+    """Per level (B, k_l) feature ids within the level."""
+    x_hat: Tensor
+    """(B, d) the model's reconstruction (what ``score`` measures)."""
+    x_hats: list[Tensor]
+    """Per level (B, d) the reconstruction at that level: of the levels up to it for a
+    ``cumulative`` model, of that level alone otherwise."""
+
+
+class Dictionary(NamedTuple):
+    """A model's decoder exported for the fitted attributes, per level, coarsest first."""
+
+    components: list[Tensor]
+    """Per level (width_l, d) unit-norm decoder directions."""
+    parent_index: list[Tensor]
+    """Per level (width_l,) int64 parent of each feature in the level above; -1 = none."""
+    intercepts: list[Tensor]
+    """Per level (d,) the decoder bias of that level's reconstruction."""
 
 
 class LossOutput(NamedTuple):
@@ -23,8 +50,61 @@ class LossOutput(NamedTuple):
     """Scalar to minimise (has a graph)."""
     sq_error: Tensor
     """``sum ||x - x_hat||^2`` over the batch for the main reconstruction (no graph)."""
+    l0: Tensor
+    """(n_levels,) mean active latents per row of every level (no graph)."""
     terms: dict[str, Tensor]
     """Each term of the loss, detached, for logging."""
+
+
+class SAEModel(Protocol):
+    """What the training loop and the estimators may call on a model; nothing else.
+
+    A model is built as ``Model(config, device=..., dtype=...)`` from its frozen config
+    (``_config.py``), whose ``widths`` give the level widths.
+    """
+
+    config: object
+    cumulative: ClassVar[bool]
+    """True when levels add up (level l reconstructs with levels 0..l: routed); False
+    when every level reconstructs the input on its own (tree HSAE)."""
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Random initial weights drawn from ``generator`` only."""
+
+    def init_from_data(self, x: Tensor) -> None:
+        """Biases and loss scale from a sample of scaled rows (B, d)."""
+
+    def forward(self, x: Tensor) -> Codes:
+        """Codes of a batch of scaled rows (B, d)."""
+
+    def loss(self, x: Tensor) -> LossOutput:
+        """The training objective on a batch; updates dead-latent counters."""
+
+    def before_optimizer_step(self) -> None:
+        """Adjust gradients (e.g. drop the radial part for unit-norm decoders)."""
+
+    def after_optimizer_step(self) -> None:
+        """Re-impose constraints (unit decoder rows), advance internal schedules."""
+
+    def on_fit_end(self) -> None:
+        """Bring derived structure up to date at the end of ``fit`` (e.g. the tree)."""
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter groups whose gradient norms are clipped separately."""
+
+    def integer_ranges(self) -> dict[str, tuple[int, int | None]]:
+        """Valid ``[low, high)`` of every integer tensor of ``state_dict()`` (None: no
+        bound; ``low=-1`` where -1 marks an unassigned slot). Persistence refuses files
+        outside them."""
+
+    def dictionary(self, out: list[Tensor] | None = None) -> Dictionary:
+        """The decoder per level; ``out`` (CPU tensors of the right shapes) receives the
+        components when given, so a caller can update its arrays in place."""
+
+
+def level_l0(values: list[Tensor]) -> Tensor:
+    """(n_levels,) mean number of nonzero codes per row of each level, detached."""
+    return torch.stack([(v.detach() != 0).sum(dim=1).to(v.dtype).mean() for v in values])
 
 
 class Encoded(NamedTuple):
@@ -36,7 +116,8 @@ class Encoded(NamedTuple):
     """indices (B, j) -> the pre-activations there (B, j), with gradients."""
 
 
-def encode(x: Tensor, weight: Tensor, bias: Tensor, dense: bool = False, out: Tensor | None = None) -> Encoded:
+def pre_activations(x: Tensor, weight: Tensor, bias: Tensor, dense: bool = False,
+                    out: Tensor | None = None) -> Encoded:
     """Linear encoder whose backward, unless ``dense``, touches only selected latents.
 
     A penalty on every pre-activation (an L1, a JumpReLU threshold) needs ``dense=True``;

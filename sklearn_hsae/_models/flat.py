@@ -10,37 +10,33 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .workspace import Workspace
 from .common import (
+    Codes,
+    Dictionary,
     LossOutput,
     auxk_loss,
-    encode,
     geometric_median,
+    level_l0,
     normalize_rows_,
+    pre_activations,
     remove_parallel_grad_,
     sparse_decode,
     topk_select,
     update_dead_counter_,
 )
-
-
-class FlatCodes(NamedTuple):
-    values: Tensor
-    """(B, k') activations, zero in unused slots."""
-    indices: Tensor
-    """(B, k') latent ids."""
-    x_hat: Tensor
-    """(B, d) reconstruction."""
+from .workspace import Workspace
 
 
 class FlatSAE(nn.Module):
     """Encoder, unit-row decoder, biases; TopK / BatchTopK selection; no training logic."""
+
+    cumulative: ClassVar[bool] = True  # one level: either reading holds
 
     def __init__(self, config, *, device=None, dtype=torch.float32):
         super().__init__()
@@ -86,7 +82,7 @@ class FlatSAE(nn.Module):
         """Encoder pre-activations and the selected (values, indices), each (B, k')."""
         k = self.config.k
         pre = self.workspace.get("pre", (x.shape[0], self.config.n_latents), x.dtype, x.device)
-        enc = encode(x - self.b_dec, self.W_enc, self.b_enc, out=pre)
+        enc = pre_activations(x - self.b_dec, self.W_enc, self.b_enc, out=pre)
         if self.config.activation == "topk":
             values, indices = topk_select(enc, k)
             return enc, values, indices
@@ -113,9 +109,10 @@ class FlatSAE(nn.Module):
         else:
             self.threshold.lerp_(cut, 1 - self.config.threshold_momentum)
 
-    def forward(self, x: Tensor) -> FlatCodes:
+    def forward(self, x: Tensor) -> Codes:
         _, values, indices = self._encode(x)
-        return FlatCodes(values, indices, sparse_decode(values, indices, self.W_dec) + self.b_dec)
+        x_hat = sparse_decode(values, indices, self.W_dec) + self.b_dec
+        return Codes([values], [indices], x_hat, [x_hat])
 
     # ------------------------------------------------------------------ loss
     def loss(self, x: Tensor) -> LossOutput:
@@ -140,10 +137,26 @@ class FlatSAE(nn.Module):
             aux = auxk_loss(err.detach(), enc, dead, cfg.aux_k, self.W_dec)
             total = total + cfg.aux_coef * aux
             terms["auxk"] = aux
-        return LossOutput(total, sq_error.detach(), {k: v.detach() for k, v in terms.items()})
+        return LossOutput(total, sq_error.detach(), level_l0([values]),
+                          {k: v.detach() for k, v in terms.items()})
 
     def before_optimizer_step(self) -> None:
         remove_parallel_grad_(self.W_dec)
 
     def after_optimizer_step(self) -> None:
         normalize_rows_(self.W_dec)
+
+    def on_fit_end(self) -> None:
+        pass
+
+    def clip_groups(self) -> list:
+        return [list(self.parameters())]
+
+    @torch.no_grad()
+    def dictionary(self, out: list[Tensor] | None = None) -> Dictionary:
+        components = self.W_dec.detach()
+        if out is not None:
+            out[0].copy_(components)
+            components = out[0]
+        none = torch.full((self.config.n_latents,), -1, dtype=torch.long, device=self.W_dec.device)
+        return Dictionary([components], [none], [self.b_dec.detach()])

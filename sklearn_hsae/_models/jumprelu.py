@@ -50,6 +50,6 @@ def jump_relu(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
     return _JumpReLU.apply(pre, threshold, bandwidth)
 
 
-def step_count(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
+def count_active(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
     """Active features per row, ``sum_i H(pre_i - theta_i)`` -> (B,), STE to theta."""
     return _StepCount.apply(pre, threshold, bandwidth)

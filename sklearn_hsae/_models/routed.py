@@ -13,21 +13,23 @@ no tensor scales with ``n_parents * n_children`` or ``n_parents * s`` per sample
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .workspace import Workspace
 from .common import (
+    Codes,
+    Dictionary,
     Encoded,
     LossOutput,
     auxk_loss,
     bi_orthogonality,
-    encode,
     geometric_median,
+    level_l0,
     normalize_rows_,
+    pre_activations,
     remove_parallel_grad_,
     sparse_decode,
     spread_unit_vectors,
@@ -35,10 +37,15 @@ from .common import (
     update_dead_counter_,
 )
 from .grouped import make_route, routed_down, routed_up
+from .workspace import Workspace
 
 
 class RoutedCodes(NamedTuple):
-    """Sparse codes of a batch, both levels laid out per parent slot."""
+    """The model's own codes of a batch, both levels laid out per parent slot.
+
+    ``child_values`` are in the child's subspace units (they multiply
+    ``D_child[c] @ W_up[p]``, not a unit vector); ``forward`` folds the norms in.
+    """
 
     parent_values: Tensor
     """(B, k) parent activations (0 in unused slots)."""
@@ -62,6 +69,8 @@ class _Internals(NamedTuple):
 
 class RoutedSAE(nn.Module):
     """Parameters and forward pass of the routed H-SAE; no training logic."""
+
+    cumulative: ClassVar[bool] = True  # x_hat = parents' reconstruction + children's
 
     def __init__(self, config, *, device=None, dtype=torch.float32):
         super().__init__()
@@ -142,7 +151,7 @@ class RoutedSAE(nn.Module):
         B, C = x.shape[0], cfg.n_children
         xc = x - self.b_dec  # (B, d)
         # The L1 on every pre-activation needs the dense encoder gradient.
-        enc = encode(xc, self.W_enc, self.b_enc, dense=cfg.l1_coef > 0,
+        enc = pre_activations(xc, self.W_enc, self.b_enc, dense=cfg.l1_coef > 0,
                      out=self.workspace.get("pre", (B, cfg.n_parents), x.dtype, x.device))
         values, indices = topk_select(enc, cfg.k)  # (B, k)
         x_par = sparse_decode(values, indices, self.W_dec) + self.b_dec  # (B, d)
@@ -163,8 +172,13 @@ class RoutedSAE(nn.Module):
         codes = RoutedCodes(values, indices, child_values, child_indices, x_hat, x_par)
         return _Internals(codes, enc, child_pre * route.tiling.valid[..., None])
 
-    def forward(self, x: Tensor) -> RoutedCodes:
-        return self._forward(x).codes
+    def forward(self, x: Tensor) -> Codes:
+        """Codes per level; child values multiply the children's unit directions."""
+        c = self._forward(x).codes
+        # ||D_child[c] @ W_up[p]|| folded into the value: (B, k) * (B, k)
+        child_values = c.child_values * self.child_norms()[c.child_indices]
+        return Codes([c.parent_values, child_values], [c.parent_indices, c.child_indices],
+                     c.x_hat, [c.x_hat_parents, c.x_hat])
 
     # ------------------------------------------------------------------- loss
     def loss(self, x: Tensor) -> LossOutput:
@@ -201,7 +215,8 @@ class RoutedSAE(nn.Module):
             ortho = bi_orthogonality(self.W_enc, self.W_dec)
             total = total + cfg.ortho_coef * ortho
             terms["ortho"] = ortho
-        return LossOutput(total, sq_error.detach(), {k: v.detach() for k, v in terms.items()})
+        l0 = level_l0([codes.parent_values, codes.child_values])
+        return LossOutput(total, sq_error.detach(), l0, {k: v.detach() for k, v in terms.items()})
 
     # ---------------------------------------------------------- constraints
     def before_optimizer_step(self) -> None:
@@ -212,7 +227,29 @@ class RoutedSAE(nn.Module):
         normalize_rows_(self.W_dec)
         normalize_rows_(self.D_child)
 
+    def on_fit_end(self) -> None:
+        pass
+
+    def clip_groups(self) -> list:
+        return [list(self.parameters())]
+
     # ------------------------------------------------------------- exports
+    @torch.no_grad()
+    def dictionary(self, out: list[Tensor] | None = None) -> Dictionary:
+        """Parents' rows and each child's unit direction ``D_child[c] @ W_up[p]`` in
+        input space; every child's parent is fixed: child ``p * C + c`` belongs to p."""
+        m, C = self.W_dec.shape[0], self.D_child.shape[1]
+        parents = self.W_dec.detach()
+        if out is not None:
+            out[0].copy_(parents)
+            parents = out[0]
+        children, _ = self.child_directions(out=None if out is None else out[1])
+        device = self.W_dec.device
+        parent_of = torch.arange(m, device=device).repeat_interleave(C)
+        none = torch.full((m,), -1, dtype=torch.long, device=device)
+        bias = self.b_dec.detach()
+        return Dictionary([parents, children], [none, parent_of], [bias, bias])
+
     @torch.no_grad()
     def child_directions(self, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Each child's decoder vector in input space, as unit rows and norms.

@@ -14,36 +14,28 @@ to a feature of level l (or to none), and three mechanisms make the levels agree
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .workspace import Workspace
 from .common import (
+    Codes,
+    Dictionary,
     LossOutput,
     auxk_loss,
     geometric_median,
+    level_l0,
     normalize_rows_,
+    pre_activations,
     remove_parallel_grad_,
-    encode,
     sparse_decode,
     topk_select,
     update_dead_counter_,
 )
-from .jumprelu import jump_relu, step_count
-
-
-class TreeCodes(NamedTuple):
-    values: list
-    """Per level (B, k_l) activations, zero in unused slots."""
-    indices: list
-    """Per level (B, k_l) feature ids."""
-    x_hats: list
-    """Per level (B, d) reconstruction of that level alone."""
-    x_hat: Tensor
-    """(B, d) the finest level's reconstruction."""
+from .jumprelu import count_active, jump_relu
+from .workspace import Workspace
 
 
 class _Level(nn.Module):
@@ -105,6 +97,8 @@ def _structural_loss(parent: tuple, child: tuple, has_children: Tensor, parent_o
 
 class TreeSAE(nn.Module):
     """Parameters and forward pass of the tree HSAE; no training logic."""
+
+    cumulative: ClassVar[bool] = False  # every level reconstructs x on its own
 
     def __init__(self, config, *, device=None, dtype=torch.float32):
         super().__init__()
@@ -189,7 +183,7 @@ class TreeSAE(nn.Module):
         # JumpReLU's thresholds learn from every pre-activation: dense encoder there.
         dense = self.config.sparsity == "l0"
         pre = self.workspace.get(f"pre{id(level)}", (x.shape[0], level.W_enc.shape[0]), x.dtype, x.device)
-        enc = encode(x - level.b_dec, level.W_enc, level.b_enc, dense=dense, out=None if dense else pre)
+        enc = pre_activations(x - level.b_dec, level.W_enc, level.b_enc, dense=dense, out=None if dense else pre)
         if self.config.sparsity == "topk":
             values, indices = topk_select(enc, self.config.k)  # (B, k)
             return enc, values, indices, None
@@ -198,17 +192,17 @@ class TreeSAE(nn.Module):
         act = jump_relu(pre, threshold, self.config.jump_bandwidth)  # (B, n), STE to theta
         width = max(1, int((act > 0).sum(dim=1).max()))
         values, indices = torch.topk(act, min(width, act.shape[1]), dim=1, sorted=False)
-        counts = step_count(pre, threshold, self.config.jump_bandwidth)  # (B,) L0 with STE
+        counts = count_active(pre, threshold, self.config.jump_bandwidth)  # (B,) L0 with STE
         return enc, values, indices, counts
 
-    def forward(self, x: Tensor) -> TreeCodes:
+    def forward(self, x: Tensor) -> Codes:
         values, indices, x_hats = [], [], []
         for level in self.levels:
             _, v, i, _ = self._encode_level(level, x)
             values.append(v)
             indices.append(i)
             x_hats.append(sparse_decode(v, i, level.W_dec) + level.b_dec)
-        return TreeCodes(values, indices, x_hats, x_hats[-1])
+        return Codes(values, indices, x_hats[-1], x_hats)
 
     def _perturbation(self, level_index: int) -> Tensor | None:
         """Parents (of this level) whose output is swapped for their children's this step."""
@@ -265,7 +259,9 @@ class TreeSAE(nn.Module):
                                        level.has_children, below.parent_index) / norm
                 total = total + cfg.rho * pcl
                 terms[f"structure{li}"] = pcl
-        return LossOutput(total, sq_error.detach(), {k: t.detach() for k, t in terms.items()})
+        l0 = level_l0([v for _, v, _, _ in encoded])
+        # sq_error is the finest level's: the model's reconstruction is the finest level.
+        return LossOutput(total, sq_error.detach(), l0, {k: t.detach() for k, t in terms.items()})
 
     @torch.no_grad()
     def _steer_l0(self, level: _Level, l0: Tensor) -> None:
@@ -301,3 +297,13 @@ class TreeSAE(nn.Module):
     def on_fit_end(self) -> None:
         """The exported tree always matches the final encoders."""
         self.reparent()
+
+    @torch.no_grad()
+    def dictionary(self, out: list[Tensor] | None = None) -> Dictionary:
+        components = [level.W_dec.detach() for level in self.levels]
+        if out is not None:
+            for target, source in zip(out, components):
+                target.copy_(source)
+            components = list(out)
+        return Dictionary(components, [level.parent_index for level in self.levels],
+                          [level.b_dec.detach() for level in self.levels])

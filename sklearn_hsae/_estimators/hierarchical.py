@@ -1,29 +1,44 @@
-"""Public estimators: parameters, fitted attributes, and how codes become columns."""
+"""HierarchicalSparseAutoencoder: its parameters, its architectures, its extra attributes.
+
+An architecture is a config class (``_config.py``) and a model class (``_models``),
+registered in ``ARCHITECTURES``; everything else is generic (``base.py``).
+"""
 
 from __future__ import annotations
 
 from numbers import Integral, Real
 from typing import NamedTuple
 
-import numpy as np
 import scipy.sparse as sp
 from sklearn.base import clone
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
 
-from ._architectures import ARCHITECTURES
-from ._base import BaseSparseAutoencoder
+from .._config import RoutedConfig, TreeConfig
+from .._models import RoutedSAE, TreeSAE
+from .base import BaseSparseAutoencoder
+
+ARCHITECTURES = {
+    "routed": (RoutedConfig, RoutedSAE),
+    "tree": (TreeConfig, TreeSAE),
+}
+"""``architecture`` -> (config class, model class)."""
 
 
 class HierarchicalCodes(NamedTuple):
-    """Sparse codes of a hierarchical SAE, one CSR matrix per level."""
+    """Sparse codes of a hierarchical SAE, one CSR matrix per level.
+
+    ``levels`` is the primary form and holds every level of any depth; ``parent`` and
+    ``child`` are shorthands for ``levels[0]`` and ``levels[1]`` (for a tree of three or
+    more levels, the finer levels are only in ``levels``).
+    """
 
     parent: sp.csr_matrix
-    """(n_samples, n_parents) parent codes."""
+    """``levels[0]``: (n_samples, n_parents) codes of the first level."""
     child: sp.csr_matrix
-    """(n_samples, n_parents * n_children) child codes; column ``p * n_children + c``."""
+    """``levels[1]``: codes of the second level (routed: column ``p * n_children + c``
+    is child c of parent p)."""
     levels: list
-    """Every level's CSR, coarsest first (``[parent, child]`` for two levels)."""
+    """Every level's CSR, coarsest first."""
 
 
 class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
@@ -254,67 +269,32 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
 
-    # ------------------------------------------------------- model bridge
-    @property
-    def _arch(self):
+    def _architecture(self):
         return ARCHITECTURES[self.architecture]
 
-    @property
-    def _model_class(self):
-        return self._arch.model_class
-
-    def _check_sizes(self, n_features: int) -> None:
-        if self.k > self.n_parents:
-            raise ValueError(
-                f"k={self.k} active parents cannot exceed n_parents={self.n_parents}."
-            )
-        self._arch.check(self)
-
-    def _topk_width(self) -> int:
-        return self.n_parents
-
-    def _model_config(self, n_features: int, n_samples: int, total_steps: int | None = None):
-        return self._arch.config(self, n_features, n_samples, total_steps)
-
     def _export_fitted(self, model, reuse: bool = False) -> None:
-        self._arch.export(self, model, reuse)
+        super()._export_fitted(model, reuse)
+        self.parent_components_, self.child_components_ = self.components_by_level_[:2]
+        self.child_parent_ = self.parent_index_by_level_[1]
 
     def _integer_ranges(self) -> dict:
-        return self._arch.integer_ranges(self)
+        return {**super()._integer_ranges(), "child_parent_": (-1, self.n_parents)}
 
-    def _level_widths(self) -> tuple[int, ...]:
-        return self._arch.widths(self)
-
-    def _components_stack(self) -> np.ndarray:
-        return self._arch.components_stack(self)
-
-    def _encode_context(self, model):
-        return self._arch.encode_context(self, model)
-
-    def _block_levels(self, codes, row_scale, dtype, context) -> list:
-        return self._arch.block_levels(self, codes, row_scale, dtype, context)
-
-    def _code_names(self, default):
-        return np.asarray(self._arch.names(self, type(self).__name__.lower()), dtype=object)
-
-    # --------------------------------------------------------- public API
     def encode(self, X) -> HierarchicalCodes:
-        """Parent and child codes of X as separate CSR matrices.
+        """Codes of X, one CSR matrix per level.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or torch.Tensor of shape (n_samples, n_features)
             Activations.
 
         Returns
         -------
         codes : HierarchicalCodes
-            ``codes.parent`` (n_samples, n_parents), ``codes.child`` (n_samples,
-            n_parents * n_children) and ``codes.levels`` (both, coarsest first).
+            ``codes.levels`` (every level, coarsest first); ``codes.parent`` and
+            ``codes.child`` are ``levels[0]`` and ``levels[1]``.
         """
-        check_is_fitted(self)
-        X = self._check_X(X, reset=False)
-        levels = self._encode_levels(X)
+        levels = self._encode(X)
         return HierarchicalCodes(levels[0], levels[1], levels)
 
 

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from numbers import Integral
 
-import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from ._base import BaseSparseAutoencoder
-from ._config import FlatConfig
-from ._models.flat import FlatSAE
-from ._sparse import codes_to_csr
-
-_DEAD_TOKENS = 10_000_000
+from .._config import FlatConfig, matryoshka_widths
+from .._models import FlatSAE
+from .base import BaseSparseAutoencoder, SparseCodes
 
 
 class SparseAutoencoder(BaseSparseAutoencoder):
@@ -110,8 +106,6 @@ class SparseAutoencoder(BaseSparseAutoencoder):
         "matryoshka_prefixes": ["array-like", None],
     }
 
-    _model_class = FlatSAE
-
     def __init__(
         self,
         n_components=4096,
@@ -149,65 +143,28 @@ class SparseAutoencoder(BaseSparseAutoencoder):
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
 
+    def _architecture(self):
+        return FlatConfig, FlatSAE
+
     def _prefixes(self) -> tuple[int, ...]:
         """Matryoshka widths as increasing ints ending with ``n_components`` (or empty)."""
-        if self.matryoshka_prefixes is None:
-            return ()
-        given = np.asarray(self.matryoshka_prefixes)
-        n = self.n_components
-        if given.ndim != 1 or given.size == 0 or given.dtype.kind not in "iuf":
-            raise ValueError(
-                "matryoshka_prefixes must be a non-empty 1-d list of widths (ints) or "
-                f"fractions of n_components (floats in (0, 1)), got {self.matryoshka_prefixes!r}."
-            )
-        if given.dtype.kind == "f":
-            if not np.all((given > 0) & (given < 1)):
-                raise ValueError(
-                    f"Fractional matryoshka_prefixes must lie in (0, 1), got {given.tolist()}."
-                )
-            # A fraction names a shape: tiny dictionaries have fewer distinct levels.
-            widths = sorted({max(1, int(round(f * n))) for f in given} - {n})
-        else:
-            widths = [int(w) for w in given]
-            if any(a >= b for a, b in zip(widths, widths[1:])) or widths[0] < 1 or widths[-1] >= n:
-                raise ValueError(
-                    "matryoshka_prefixes must increase strictly and lie in [1, n_components="
-                    f"{n}), got {given.tolist()}."
-                )
-        return (*widths, n)
+        return matryoshka_widths(self.matryoshka_prefixes, self.n_components)
 
-    def _check_sizes(self, n_features: int) -> None:
-        if self.k > self.n_components:
-            raise ValueError(f"k={self.k} cannot exceed n_components={self.n_components}.")
-        self._prefixes()
+    def _export_fitted(self, model, reuse: bool = False) -> None:
+        super()._export_fitted(model, reuse)
+        self.threshold_ = float(self._model_state["threshold"])
 
-    def _topk_width(self) -> int:
-        return self.n_components
+    def encode(self, X) -> SparseCodes:
+        """Codes of X as the one level of a flat dictionary.
 
-    def _model_config(self, n_features: int, n_samples: int, total_steps: int | None = None) -> FlatConfig:
-        return FlatConfig(
-            n_features=n_features,
-            n_latents=self.n_components,
-            k=self.k,
-            activation=self.activation,
-            prefixes=self._prefixes(),
-            aux_coef=self.aux_coef,
-            aux_k=min(max(1, n_features // 2), self.n_components),
-            dead_tokens=min(_DEAD_TOKENS, max(n_samples, self.batch_size)),
-            fixed_decoder_bias=self.normalize == "unit",
-        )
+        Parameters
+        ----------
+        X : array-like or torch.Tensor of shape (n_samples, n_features)
+            Activations.
 
-    def _export_fitted(self, model: FlatSAE, reuse: bool = False) -> None:
-        state = self._model_state
-        self.components_ = state["W_dec"].copy()
-        self.intercept_ = self._public_intercept(state["b_dec"])
-        self.threshold_ = float(state["threshold"])
-
-    def _level_widths(self) -> tuple[int]:
-        return (self.n_components,)
-
-    def _components_stack(self) -> np.ndarray:
-        return self.components_
-
-    def _block_levels(self, codes, row_scale, dtype, context) -> list:
-        return [codes_to_csr(codes.values, codes.indices, self.n_components, dtype, row_scale)]
+        Returns
+        -------
+        codes : SparseCodes
+            ``codes.levels == [transform(X)]``.
+        """
+        return SparseCodes(self._encode(X))

@@ -1,26 +1,22 @@
-"""The training loop: optimiser, LR schedule, gradient clipping, decoder constraints,
-divergence guard, data parallelism and checkpoints.
+"""One optimiser step at a time: Adam, schedule, clipping, decoder constraints, guard.
 
-Boilerplate that could train any of our models: it only calls ``model.loss(x)``,
-``model.before_optimizer_step()`` and ``model.after_optimizer_step()``.
+Boilerplate that could train any of our models: it calls only the model interface
+(``loss``, ``before_optimizer_step``, ``after_optimizer_step``, ``clip_groups``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from ._config import TrainConfig
+from .._config import TrainConfig
+from .distributed import world
 
 
 class DivergenceError(FloatingPointError):
@@ -31,7 +27,11 @@ class StepStats(NamedTuple):
     """Per-step figures, kept on the device until somebody asks for them."""
 
     loss: Tensor
+    """Scalar training loss of the step (averaged over ranks)."""
     sq_error: Tensor
+    """``sum ||x - x_hat||^2`` of the main reconstruction over the batch."""
+    l0: Tensor
+    """(n_levels,) mean active latents per row of every level in the batch."""
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:
@@ -45,13 +45,6 @@ def learning_rate_at(step: int, config: TrainConfig) -> float:
     progress = min(1.0, (step - config.warmup_steps) / span)
     end = config.lr_end_factor
     return peak * (end + (1 - end) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of the initialised ``torch.distributed`` group, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class Trainer:
@@ -68,8 +61,7 @@ class Trainer:
         self.config = config
         self.params = [p for p in model.parameters() if p.requires_grad]
         # Models made of independent parts (tree levels) clip each part on its own.
-        groups = model.clip_groups() if hasattr(model, "clip_groups") else [self.params]
-        self.clip_groups = [[p for p in g if p.requires_grad] for g in groups]
+        self.clip_groups = [[p for p in g if p.requires_grad] for g in model.clip_groups()]
         self.optimizer = torch.optim.Adam(
             self.params,
             lr=config.learning_rate,
@@ -104,7 +96,7 @@ class Trainer:
             for buffer in self.model.buffers():
                 dist.broadcast(buffer, src=0)
         self.step_count += 1
-        return StepStats(loss, out.sq_error)
+        return StepStats(loss, out.sq_error, out.l0)
 
     def _clip(self, group: list) -> Tensor:
         grads = [p.grad for p in group if p.grad is not None]
@@ -160,76 +152,3 @@ def deterministic(enabled: bool):
         yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=warn_only)
-
-
-# ---------------------------------------------------------------------------------------
-# Checkpoints: safetensors for tensors, JSON for the rest; never pickle.
-# ---------------------------------------------------------------------------------------
-_LATEST = "latest.json"
-
-
-def save_checkpoint(directory, trainer: Trainer, meta: dict) -> Path:
-    """Write model, optimizer and step plus ``meta`` (JSON-able) atomically.
-
-    The files of a checkpoint are written under temporary names and renamed into place,
-    then ``latest.json`` is replaced (an atomic rename) to point at them, so a crash at
-    any moment leaves the previous checkpoint intact. Older checkpoints are removed.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    stem = f"state-{trainer.step_count:012d}"
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
-    optim = trainer.optimizer.state_dict()
-    slots = {}
-    for index, values in optim["state"].items():
-        for key, value in values.items():
-            tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-            slots.setdefault(str(index), []).append(key)
-    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in optim["param_groups"]]
-    document = {"step_count": trainer.step_count, "optimizer_slots": slots,
-                "param_groups": groups, "meta": meta}
-    for name, write in (
-        (f"{stem}.safetensors", lambda p: save_file(tensors, p)),
-        (f"{stem}.json", lambda p: Path(p).write_text(json.dumps(document))),
-    ):
-        _atomic(directory / name, write)
-    _atomic(directory / _LATEST, lambda p: Path(p).write_text(json.dumps({"stem": stem})))
-    for old in directory.glob("state-*"):
-        if not old.name.startswith(stem):
-            old.unlink(missing_ok=True)
-    return directory / stem
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def read_checkpoint(directory) -> tuple[dict, dict] | None:
-    """The newest complete checkpoint as (trainer state for ``Trainer.load_state_dict``,
-    meta), or None when the directory holds none."""
-    directory = Path(directory)
-    pointer = directory / _LATEST
-    if not pointer.exists():
-        return None
-    try:
-        stem = json.loads(pointer.read_text())["stem"]
-        document = json.loads((directory / f"{stem}.json").read_text())
-        tensors = load_file(str(directory / f"{stem}.safetensors"))
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"The checkpoint in {directory} is unreadable ({exc}); remove it to start over.") from exc
-    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    state = {
-        int(index): {key: tensors[f"optimizer.{index}.{key}"] for key in keys}
-        for index, keys in document["optimizer_slots"].items()
-    }
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in document["param_groups"]]
-    trainer_state = {
-        "model": model,
-        "optimizer": {"state": state, "param_groups": groups},
-        "step_count": document["step_count"],
-    }
-    return trainer_state, document["meta"]
