@@ -14,6 +14,7 @@ the models, which read these dataclasses but never import them.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -145,6 +146,14 @@ class RoutedConfig:
         if p["k"] > p["n_parents"]:
             raise ValueError(
                 f"k={p['k']} active parents cannot exceed n_parents={p['n_parents']}."
+            )
+        if p["subspace_dim"] > n_features:
+            warnings.warn(
+                f"subspace_dim={p['subspace_dim']} exceeds n_features={n_features}: a parent's "
+                f"subspace of the input has at most {n_features} independent directions, so "
+                f"the extra dimensions only repeat them; use subspace_dim <= {n_features}.",
+                UserWarning,
+                stacklevel=4,
             )
         return cls(
             n_features=n_features,

@@ -134,23 +134,3 @@ def test_streaming_a_memmap_leaves_its_pages_unmapped(tmp_path):
     C[7] = 3.0
     data_module.release_rows(C, 0, 100)
     assert (C[7] == 3.0).all()
-
-
-@pytest.mark.parametrize("sizes", [[3, 0, 5, 2], [1, 1, 1, 7]])  # the second grows the arrays
-def test_row_stack_matches_vstack(sizes):
-    import scipy.sparse as sp
-
-    from sklearn_hsae._sparse import RowStack
-
-    rng = np.random.RandomState(0)
-    blocks = []
-    for i, rows in enumerate(sizes):
-        dense = rng.rand(rows, 9) * (rng.rand(rows, 9) < 0.2 + 0.1 * i)
-        blocks.append(sp.csr_matrix(dense.astype(np.float32)))
-    stack = RowStack(sum(sizes), 9)
-    for block in blocks:
-        stack.add(block)
-    out = stack.result(np.float32)
-    expected = sp.vstack(blocks, format="csr")
-    assert out.dtype == np.float32 and out.nnz == expected.nnz and out.has_canonical_format
-    np.testing.assert_array_equal(out.toarray(), expected.toarray())

@@ -23,16 +23,18 @@ class SparseAutoencoder(BaseSparseAutoencoder):
     n_components : int, default=4096
         Dictionary width.
     k : int, default=32
-        Active latents per row (``"topk"``) or on average per row (``"batchtopk"``).
+        The L0: active latents per row (``"topk"``) or on average per row
+        (``"batchtopk"``). The measured L0 is ``l0_`` after fitting.
     activation : {"topk", "batchtopk"}, default="topk"
         ``"topk"`` keeps the k largest ReLU pre-activations of every row (Gao et al.
         2024). ``"batchtopk"`` keeps the ``batch_size * k`` largest of each training
         batch and, at inference, every activation above ``threshold_``, an average of
         the smallest value the batch top-k kept (Bussmann et al. 2024).
     matryoshka_prefixes : list of int, list of float or None, default=None
-        Nested dictionary widths below ``n_components`` (ints), or fractions of it
-        (floats in (0, 1), rounded); the loss adds the reconstruction error of every
-        prefix ``components_[:m]`` to the full one (Bussmann et al. 2025).
+        Nested dictionary widths below ``n_components`` (ints; a last entry equal to
+        ``n_components``, SAELens' ``matryoshka_widths`` form, is accepted), or
+        fractions of it (floats in (0, 1), rounded); the loss adds the reconstruction
+        error of every prefix ``components_[:m]`` to the full one (Bussmann et al. 2025).
     max_iter : int, default=10
         Epochs over the data in ``fit``.
     batch_size : int, default=1024
@@ -45,7 +47,10 @@ class SparseAutoencoder(BaseSparseAutoencoder):
     normalize : {"global", "unit"} or None, default="global"
         Input scaling, as in :class:`HierarchicalSparseAutoencoder`.
     device : str or torch.device, default="auto"
-        Where to train and encode; ``"auto"`` uses CUDA when available.
+        Where to train and encode: ``"auto"`` (CUDA when available), ``"cpu"``,
+        ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``. Inputs may be numpy
+        arrays, memmaps or torch tensors on any device (float16 / bfloat16 tensors are
+        read as float32); outputs are always numpy / scipy.
     dtype : {"float32", "float64"}, default="float32"
         Compute dtype of the torch core.
     random_state : int, RandomState instance or None, default=None
@@ -66,8 +71,17 @@ class SparseAutoencoder(BaseSparseAutoencoder):
     ----------
     components_ : ndarray of shape (n_components, n_features)
         Unit-norm decoder directions.
+    components_by_level_ : list of ndarray
+        ``[components_]``: the one level, for code that handles any estimator.
+    parent_index_by_level_ : list of ndarray
+        ``[-1, -1, ...]``: a flat dictionary has no tree.
     intercept_ : ndarray of shape (n_features,)
         Decoder bias in input units.
+    intercept_by_level_ : list of ndarray
+        ``[intercept_]``.
+    l0_ : list of float
+        ``[mean nonzero codes per row]`` over the last epoch of ``fit`` (or the last
+        ``partial_fit`` call).
     threshold_ : float
         Inference threshold of ``"batchtopk"`` in the scaled units the encoder sees
         (0.0 for ``"topk"``).

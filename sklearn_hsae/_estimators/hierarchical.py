@@ -71,8 +71,12 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     subspace_dim : int, default=4
         Dimension of each parent's private subspace in which its children live.
     k : int, default=32
-        Routed: active parents per sample (each adds at most one active child). Tree:
-        active features per sample and level (TopK), or the L0 target per level.
+        What ``k`` counts depends on the architecture. Routed: active parents per row;
+        each active parent adds at most one active child, so the L0 is k parents plus
+        up to k children (up to 2k atoms). Tree: active features per row in *every*
+        level (TopK), or the L0 target of every level (``sparsity="l0"``), so a row
+        has up to ``k * n_levels`` nonzero codes in ``transform``, k in each level's
+        own reconstruction. The measured L0 of every level is ``l0_`` after fitting.
     architecture : {"routed", "tree"}, default="routed"
         The hierarchical model to train.
     n_levels : int, default=2
@@ -100,7 +104,8 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         Peak Adam learning rate (linear warm-up, cosine decay to a tenth in ``fit``).
         ``"auto"`` is ``min(5e-3, 8e-4 / sqrt(n_parents / 2**14))``: the width scaling
         law of Gao et al. (2024) at four times their constant, which suits runs of
-        thousands of steps (see the user guide's "Learning rate").
+        thousands of steps (see the user guide's "Learning rate"); n_parents is the
+        width the TopK selects from (routed: the parents; tree: the first level).
     beta : float, default=0.1
         Routed only: weight of the parents-only reconstruction error (paper 1).
     aux_coef : float, default=1/32
@@ -119,7 +124,10 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         decoder bias at zero (paper 1); None leaves the data as it is. Codes and
         reconstructions are always reported in the original units.
     device : str or torch.device, default="auto"
-        Where to train and encode; ``"auto"`` uses CUDA when available.
+        Where to train and encode: ``"auto"`` (CUDA when available), ``"cpu"``,
+        ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``. Inputs may be numpy
+        arrays, memmaps or torch tensors on any device (float16 / bfloat16 tensors are
+        read as float32); outputs are always numpy / scipy.
     dtype : {"float32", "float64"}, default="float32"
         Compute dtype of the torch core.
     random_state : int, RandomState instance or None, default=None
@@ -139,21 +147,29 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
 
     Attributes
     ----------
-    parent_components_ : ndarray of shape (n_parents, n_features)
-        Unit-norm parent decoder directions.
-    child_components_ : ndarray of shape (n_parents * n_children, n_features)
-        Unit-norm decoder direction of every child (level 1) in input space.
-    child_parent_ : ndarray of shape (n_parents * n_children,)
-        Parent index of every child; -1 for children the tree left unassigned.
+    components_ : ndarray of shape (n_components_out, n_features)
+        Unit-norm decoder direction of every atom of every level, rows in the order of
+        ``transform``'s columns (as scikit-learn's decompositions).
     components_by_level_ : list of ndarray
-        Unit-norm decoder directions of every level, coarsest first.
+        Every level's rows of ``components_`` (views), coarsest first.
+    parent_components_ : ndarray of shape (n_parents, n_features)
+        ``components_by_level_[0]``.
+    child_components_ : ndarray of shape (n_parents * n_children, n_features)
+        ``components_by_level_[1]``: every child's direction in input space.
+    child_parent_ : ndarray of shape (n_parents * n_children,)
+        ``parent_index_by_level_[1]``: parent of every child; -1 for children the tree
+        left unassigned.
     parent_index_by_level_ : list of ndarray
         Parent (in the level above) of every feature of every level; -1 = none (all of
         level 0).
     intercept_ : ndarray of shape (n_features,)
-        Decoder bias in input units (tree: the finest level's).
+        Decoder bias in input units of the model's reconstruction (tree: the finest
+        level's).
     intercept_by_level_ : list of ndarray
-        Tree only: every level's decoder bias in input units.
+        Every level's decoder bias in input units (routed: the same bias twice).
+    l0_ : list of float
+        Measured mean nonzero codes per row of every level over the last epoch of
+        ``fit`` (or the last ``partial_fit`` call).
     scale_ : float
         Input scaling factor learned by ``normalize="global"`` (1.0 otherwise).
     n_features_in_ : int

@@ -1,0 +1,91 @@
+"""_training: the trainer and the epoch loop, driven without any estimator."""
+
+import numpy as np
+import pytest
+import torch
+
+from sklearn_hsae._config import FlatConfig, TrainConfig
+from sklearn_hsae._models import FlatSAE
+from sklearn_hsae._training import DivergenceError, Trainer, learning_rate_at
+from sklearn_hsae._training.checkpoint import atomic_write, read_checkpoint
+from sklearn_hsae._training.loop import FitLoop, LoopConfig
+
+X = np.random.RandomState(0).randn(300, 8)
+
+
+def make_trainer(seed=0, lr=1e-2):
+    model = FlatSAE(FlatConfig(n_features=8, n_latents=16, k=3), dtype=torch.float64)
+    model.reset_parameters(torch.Generator().manual_seed(seed))
+    model.init_from_data(torch.from_numpy(X[:100]))
+    return Trainer(model, TrainConfig(lr, 30, 3))
+
+
+def prepare(rows):
+    return torch.from_numpy(np.ascontiguousarray(rows))
+
+
+def test_run_takes_every_step_and_returns_the_curve():
+    loop = FitLoop(LoopConfig(max_iter=3, batch_size=32), X, np.random.RandomState(0), prepare)
+    trainer = make_trainer()
+    curve = loop.run(trainer, extra={})
+    assert len(curve) == 3 and trainer.step_count == 3 * 10  # ceil(300 / 32) = 10
+    assert curve[-1] < curve[0]
+    assert len(loop.l0) == 1 and loop.l0[0] == pytest.approx(3.0)  # TopK: exactly k per row
+
+
+def test_resume_from_a_checkpoint_is_bitwise(tmp_path):
+    config = LoopConfig(max_iter=3, batch_size=32, checkpoint_dir=tmp_path, identity={"params": {"a": 1}})
+    full = FitLoop(LoopConfig(max_iter=3, batch_size=32), X, np.random.RandomState(0), prepare)
+    reference = make_trainer()
+    full.run(reference, extra={})
+
+    first = FitLoop(LoopConfig(**{**config.__dict__, "max_iter": 1}), X, np.random.RandomState(0), prepare)
+    first.run(make_trainer(), extra={"scale": 2.5})
+    resumed = FitLoop(config, X, np.random.RandomState(0), prepare)
+    extra = resumed.resume(lambda: make_trainer(seed=99))  # weights come from the file
+    assert extra == {"scale": 2.5} and resumed.epoch == 1
+    resumed.run(resumed.trainer, extra)
+    assert resumed.loss_curve == full.loss_curve
+    for name, value in reference.model.state_dict().items():
+        assert torch.equal(value, resumed.trainer.model.state_dict()[name]), name
+
+
+def test_a_checkpoint_of_another_fit_is_refused(tmp_path):
+    FitLoop(LoopConfig(1, 64, tmp_path, identity={"params": {"k": 3}}), X, np.random.RandomState(0),
+            prepare).run(make_trainer(), {})
+    other = FitLoop(LoopConfig(1, 64, tmp_path, identity={"params": {"k": 4}}), X,
+                    np.random.RandomState(0), prepare)
+    with pytest.raises(ValueError, match=r"holds a checkpoint of another fit \(its params differ"):
+        other.resume(make_trainer)
+
+
+def test_divergence_names_the_step_and_the_hint():
+    loop = FitLoop(LoopConfig(1, 32, divergence_hint="try plan B"), X, np.random.RandomState(0),
+                   lambda rows: prepare(rows) * float("nan"))
+    with pytest.raises(DivergenceError, match=r"diverged at step 1 \(epoch 1\).*learning_rate=0.01.*try plan B"):
+        loop.run(make_trainer(), {})
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(1.0, 110, 10)
+    assert learning_rate_at(0, config) == pytest.approx(0.1)
+    assert learning_rate_at(9, config) == pytest.approx(1.0)
+    assert learning_rate_at(60, config) == pytest.approx(0.1 + 0.9 * 0.5)  # half way down the cosine
+    assert learning_rate_at(110, config) == pytest.approx(0.1)
+    assert learning_rate_at(10**6, TrainConfig(1.0, None, 10)) == 1.0  # streaming: constant
+
+
+def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+
+    def broken(path):
+        open(path, "w").write("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+    atomic_write(target, lambda p: open(p, "w").write("new"))
+    assert target.read_text() == "new"
+    assert read_checkpoint(tmp_path) is None  # no latest.json: nothing to resume
