@@ -124,6 +124,13 @@ class RoutedConfig:
         """The latents competing in the TopK: the parents (children pick top-1 each)."""
         return self.n_parents
 
+    @property
+    def work_per_row(self) -> int:
+        """Multiply-adds per row of a training step, roughly: the dense parent encoder
+        and decoder, and every active parent's down/up projection and children."""
+        d = self.n_features
+        return 2 * d * self.n_parents + self.k * (2 * self.subspace_dim * d + 2 * self.n_children * self.subspace_dim)
+
     def feature_names(self, prefix: str) -> list[str]:
         """``parent{p}``, then ``child{p}.{c}`` (child c of parent p)."""
         names = [f"{prefix}_parent{p}" for p in range(self.n_parents)]
@@ -203,6 +210,11 @@ class FlatConfig:
     @property
     def lr_width(self) -> int:
         return self.n_latents
+
+    @property
+    def work_per_row(self) -> int:
+        """Multiply-adds per row of a training step, roughly: the dense encoder."""
+        return 2 * self.n_features * self.n_latents
 
     def feature_names(self, prefix: str) -> list[str]:
         return [f"{prefix}{i}" for i in range(self.n_latents)]
@@ -299,6 +311,11 @@ class TreeConfig:
     @property
     def lr_width(self) -> int:
         return self.widths[0]
+
+    @property
+    def work_per_row(self) -> int:
+        """Multiply-adds per row of a training step, roughly: every level's encoder."""
+        return 2 * self.n_features * sum(self.widths)
 
     def feature_names(self, prefix: str) -> list[str]:
         """``level{l}_{i}``: feature i of level l."""

@@ -89,3 +89,38 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
     atomic_write(target, lambda p: open(p, "w").write("new"))
     assert target.read_text() == "new"
     assert read_checkpoint(tmp_path) is None  # no latest.json: nothing to resume
+
+
+def test_adam_matches_torch_bit_for_bit():
+    from sklearn_hsae._training.adam import Adam
+
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5, 3, generator=g)), torch.nn.Parameter(torch.randn(4, generator=g))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    mine, ref = Adam(ours, 3e-3, (0.9, 0.99), 1e-8), torch.optim.Adam(theirs, lr=3e-3, betas=(0.9, 0.99), eps=1e-8)
+    for step in range(25):
+        grads = [torch.randn(p.shape, generator=g) for p in ours]
+        for p, q, gr in zip(ours, theirs, grads):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        if step == 7:
+            ours[1].grad = theirs[1].grad = None  # a parameter without gradient is left alone
+        mine.param_groups[0]["lr"] = ref.param_groups[0]["lr"] = 3e-3 / (1 + step)
+        mine.step()
+        ref.step()
+        for p, q in zip(ours, theirs):
+            assert torch.equal(p, q), step
+    restored = Adam(ours, 1.0)
+    restored.load_state_dict(ref.state_dict())  # torch's own state dict loads too
+    assert restored.state[0]["step"].item() == 25 and restored.state[1]["step"].item() == 24
+    assert torch.equal(restored.state[0]["exp_avg_sq"], ref.state[theirs[0]]["exp_avg_sq"])
+
+
+def test_threads_for_is_scoped():
+    from sklearn_hsae._training import threads_for
+
+    before = torch.get_num_threads()
+    with threads_for(10.0):
+        assert torch.get_num_threads() == 1  # a tiny step runs on one thread
+    assert torch.get_num_threads() == before
+    with threads_for(1e12):
+        assert torch.get_num_threads() == before  # large steps keep torch's setting

@@ -144,7 +144,7 @@ class BaseSparseAutoencoder(FittingMixin, ClassNamePrefixFeaturesOutMixin, Trans
         """Yield (codes, row_scale, x_scaled) per batch of X, without gradients."""
         device, dtype = self._device(), DTYPES[self.dtype]
         model = self._model_from_state(self._model_state, device).eval()
-        with torch.no_grad():
+        with torch.no_grad(), self._threads(self._config, self.batch_size, share=1 / 3):
             for rows in iter_batches(X, self.batch_size):
                 x, row_scale = scale_rows(to_device(rows, device, dtype), self.normalize, self.scale_)
                 yield model(x), row_scale, x

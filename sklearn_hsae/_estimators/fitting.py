@@ -17,7 +17,7 @@ from sklearn.utils import check_random_state
 
 from .._config import TrainConfig
 from .._data import fit_global_scale, iter_batches, sample_rows, scale_rows, to_device, tree_to_device, tree_to_numpy
-from .._training import DivergenceError, Trainer, deterministic
+from .._training import DivergenceError, Trainer, deterministic, threads_for
 from .._training.distributed import broadcast_float, broadcast_model, local_batch_size, shard_for_rank
 from .._training.loop import FitLoop, LoopConfig, run_stream
 
@@ -73,6 +73,12 @@ class FittingMixin:
         self.scale_ = broadcast_float(self.scale_)
         return model
 
+    def _threads(self, config, batch_size: int, share: float = 1.0):
+        """One thread for tiny steps on CPU (see ``threads_for``); ``share`` scales the
+        work (encoding without a backward pass is about a third of a step)."""
+        cpu = self._device().type == "cpu"
+        return threads_for(batch_size * config.work_per_row * share if cpu else float("inf"))
+
     def _prepare(self, rows: np.ndarray) -> torch.Tensor:
         """A numpy block of rows as the scaled tensor the model sees."""
         x = to_device(rows, self._device(), DTYPES[self.dtype])
@@ -119,7 +125,7 @@ class FittingMixin:
         config = self._model_config(X.shape[1], X.shape[0], total)
         train = TrainConfig.from_params(self.learning_rate, config.lr_width, total)
         loop = FitLoop(self._loop_config(batch), shard, rng, self._prepare)
-        with deterministic(device.type == "cpu"):
+        with deterministic(device.type == "cpu"), self._threads(config, batch):
             extra = loop.resume(lambda: Trainer(self._new_model(config, device), train))
             if extra is not None:
                 self.scale_ = extra["scale"]
@@ -162,8 +168,9 @@ class FittingMixin:
         first = not hasattr(self, "_model_state")
         X = self._check_X(X, reset=first)
         device = self._device()
-        with deterministic(device.type == "cpu"):
-            trainer = self._stream_trainer(X, device, first)
+        config = self._model_config(X.shape[1], X.shape[0], None) if first else self._config
+        with deterministic(device.type == "cpu"), self._threads(config, self.batch_size):
+            trainer = self._stream_trainer(X, device, config if first else None)
             steps = math.ceil(X.shape[0] / self.batch_size)
             loss, l0 = run_stream(trainer, iter_batches(X, self.batch_size), steps,
                                   self._prepare, self.verbose, "partial_fit")
@@ -171,10 +178,10 @@ class FittingMixin:
                      [*getattr(self, "loss_curve_", []), loss], l0, reuse=True)
         return self
 
-    def _stream_trainer(self, X, device, first: bool) -> Trainer:
-        """The trainer partial_fit continues: new, live, or rebuilt from numpy state."""
-        if first:
-            config = self._model_config(X.shape[1], X.shape[0], None)
+    def _stream_trainer(self, X, device, config=None) -> Trainer:
+        """The trainer partial_fit continues: new (given the first call's ``config``),
+        live, or rebuilt from numpy state."""
+        if config is not None:
             model = self._initialize(X, check_random_state(self.random_state), config)
             self._config = config
             return Trainer(model, TrainConfig.from_params(self.learning_rate, config.lr_width, None))

@@ -10,6 +10,6 @@
 Knows no architecture: everything model-specific is behind the model interface.
 """
 
-from .trainer import DivergenceError, StepStats, Trainer, deterministic, learning_rate_at
+from .trainer import DivergenceError, StepStats, Trainer, deterministic, learning_rate_at, threads_for
 
-__all__ = ["DivergenceError", "StepStats", "Trainer", "deterministic", "learning_rate_at"]
+__all__ = ["DivergenceError", "StepStats", "Trainer", "deterministic", "learning_rate_at", "threads_for"]
