@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 
-from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder, _lm
+from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder
+from sklearn_hsae._lm.language_model import load_model
 from sklearn_hsae.datasets import extract_activations, fetch_text_activations
 from sklearn_hsae.metrics import ce_loss_recovered, first_letter_absorption
 
@@ -99,7 +100,7 @@ def main() -> None:
     }
 
     start = time.perf_counter()
-    _lm.load_model()
+    load_model()
     report["model_load_seconds"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()

@@ -14,9 +14,9 @@ import scipy.sparse as sp
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, validate_params
 
-from ._activations import TokenActivations, extract_activations
-from ._extractor import ActivationExtractor
-from ._fetch import fetch_text_activations, get_data_home
+from ._lm.activations import TokenActivations, extract_activations
+from ._lm.extractor import ActivationExtractor
+from ._lm.fetch import fetch_text_activations, get_data_home
 
 __all__ = [
     "ActivationExtractor",

@@ -7,28 +7,11 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.utils._param_validation import HasMethods, Interval, validate_params
-from sklearn.utils.validation import check_is_fitted
 
-from . import _lm
-
-
-def _check_autoencoder(estimator) -> None:
-    """A fitted estimator with transform and inverse_transform, or a clear error."""
-    for method in ("transform", "inverse_transform"):
-        if not callable(getattr(estimator, method, None)):
-            raise TypeError(f"estimator must have {method}(); {type(estimator).__name__} has not.")
-    check_is_fitted(estimator)
-
-
-def _reconstruct(estimator, rows: np.ndarray) -> np.ndarray:
-    """``inverse_transform(transform(rows))`` as float32, shape-checked."""
-    out = np.asarray(estimator.inverse_transform(estimator.transform(rows)), dtype=np.float32)
-    if out.shape != rows.shape:
-        raise ValueError(
-            f"inverse_transform(transform(X)) has shape {out.shape}, expected {rows.shape}: "
-            "was the estimator fitted on this model's activations?"
-        )
-    return out
+from .autoencoder import check_autoencoder, reconstruct
+from .forward import next_token_losses
+from .language_model import load_model
+from .tokens import check_texts, tokenize
 
 
 @validate_params(
@@ -118,11 +101,11 @@ def ce_loss_recovered(
     >>> r["ce_loss_recovered"], r["ce_spliced"] == r["ce_clean"], r["n_predictions"]
     (1.0, True, 6)
     """
-    _check_autoencoder(estimator)
-    texts = _lm.check_texts(texts)
-    lm = _lm.load_model(model, tokenizer)
+    check_autoencoder(estimator)
+    texts = check_texts(texts)
+    lm = load_model(model, tokenizer)
     layer = lm.check_layer(layer)
-    ids, _ = _lm.encode(lm, texts, max_length)
+    ids, _ = tokenize(lm, texts, max_length)
     if sum(len(row) - 2 for row in ids) < 1:
         raise ValueError("No prediction from a position >= 1: give texts of two tokens or more.")
 
@@ -131,13 +114,13 @@ def ce_loss_recovered(
     rows = np.concatenate([h[ok] for h, ok in zip(clean_h, where)])  # (n_spliced, d)
     if len(rows) == 0:
         raise ValueError(f"Every position >= 1 has a norm above max_norm={max_norm}.")
-    recon = _reconstruct(estimator, rows)
+    recon = reconstruct(estimator, rows)
     mean = np.broadcast_to(rows.mean(axis=0, dtype=np.float64).astype(np.float32), rows.shape)
     zeros = np.zeros_like(rows)
     offsets = np.cumsum([0] + [int(ok.sum()) for ok in where])
 
     def run(values):
-        return _mean_ce(_lm.next_token_losses(lm, ids, batch_size, layer, _splice(where, offsets, values)))
+        return _mean_ce(next_token_losses(lm, ids, batch_size, layer, _splice(where, offsets, values)))
 
     ce = {"clean": _mean_ce(clean), "spliced": run(recon), "zero": run(zeros), "mean": run(mean)}
     centred = rows - rows.mean(axis=0, dtype=np.float64)
@@ -165,7 +148,7 @@ def _clean_pass(lm, ids, batch_size: int, layer: int):
             residuals[i] = h[b, : len(ids[i])].float().numpy().copy()
         return None  # leave the forward pass as it is
 
-    return _lm.next_token_losses(lm, ids, batch_size, layer, capture), residuals
+    return next_token_losses(lm, ids, batch_size, layer, capture), residuals
 
 
 def _intervened(h: np.ndarray, max_norm) -> np.ndarray:

@@ -11,7 +11,7 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.utils._param_validation import HasMethods, Interval, validate_params
 from sklearn.utils.validation import check_array
 
-from ._ce_loss import _check_autoencoder
+from .autoencoder import check_autoencoder
 
 
 def _is_letter_word(token) -> bool:
@@ -157,7 +157,7 @@ def first_letter_absorption(
     >>> r["letters"].tolist(), float(r["absorption_rate"]), float(r["probe_accuracy"])
     (['a', 'b'], 0.0, 1.0)
     """
-    _check_autoencoder(estimator)
+    check_autoencoder(estimator)
     X = check_array(X, dtype=[np.float32, np.float64], input_name="X")
     tokens = np.asarray(tokens, dtype=object)
     if tokens.shape != (len(X),):

@@ -21,8 +21,10 @@ import numpy as np
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, validate_params
 
-from . import __version__, _corpus, _lm
-from ._activations import extract_activations
+from .. import __version__
+from . import corpus
+from .activations import extract_activations
+from .language_model import SMOLLM2
 
 logger = logging.getLogger(__name__)
 
@@ -75,17 +77,17 @@ def get_data_home(data_home=None) -> str:
 
 
 def _cache_name(model: str, layer: int, n_texts: int | None) -> str:
-    if model == _lm.SMOLLM2:
+    if model == SMOLLM2:
         slug = model
     else:  # a local directory: its name, and a hash of where it is
         path = str(Path(model).resolve())
         slug = f"{Path(path).name}-{hashlib.sha1(path.encode()).hexdigest()[:10]}"
     subset = "" if n_texts is None else f"-first{n_texts}"
-    return f"{slug}-L{layer}-{_corpus.corpus_version()}{subset}"
+    return f"{slug}-L{layer}-{corpus.corpus_version()}{subset}"
 
 
 def _write_cache(folder: Path, model, layer: int, n_texts, batch_size: int) -> None:
-    columns = _corpus.read_corpus(n_texts)
+    columns = corpus.read_corpus(n_texts)
     start = time.perf_counter()
     acts = extract_activations(columns["texts"], model, layer, batch_size=batch_size)
     seconds = time.perf_counter() - start
@@ -100,7 +102,7 @@ def _write_cache(folder: Path, model, layer: int, n_texts, batch_size: int) -> N
         meta = {
             "model": str(model),
             "layer": layer,
-            "corpus_version": _corpus.corpus_version(),
+            "corpus_version": corpus.corpus_version(),
             "n_texts": n_texts,
             "n_tokens": len(acts.X),
             "n_dropped": acts.n_dropped,
@@ -137,7 +139,7 @@ def _read_cache(folder: Path) -> Bunch:
         topic=np.asarray(columns["topic"], dtype=object),
         sentiment=np.asarray(columns["sentiment"], dtype=object),
         group=np.asarray(columns["group"], dtype=np.int64),
-        **_corpus.token_labels(tokens, position),
+        **corpus.token_labels(tokens, position),
         n_dropped=meta["n_dropped"],
         model=meta["model"],
         layer=meta["layer"],

@@ -9,7 +9,9 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.utils._param_validation import Interval, validate_params
 
-from . import _lm
+from .forward import iter_residuals
+from .language_model import load_model
+from .tokens import check_texts, token_strings, tokenize
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,10 +125,10 @@ def extract_activations(
     >>> list(acts.tokens), acts.doc_index.tolist(), acts.position.tolist()
     (['The', ' cat', ' sat', '.', 'Hello', ' world'], [0, 0, 0, 0, 1, 1], [1, 2, 3, 4, 1, 2])
     """
-    texts = _lm.check_texts(texts)
-    lm = _lm.load_model(model, tokenizer)
+    texts = check_texts(texts)
+    lm = load_model(model, tokenizer)
     layer = lm.check_layer(layer)
-    ids, n_cut = _lm.encode(lm, texts, max_length)
+    ids, n_cut = tokenize(lm, texts, max_length)
     if n_cut:
         warnings.warn(
             f"{n_cut} of {len(texts)} texts have more than max_length={max_length} tokens "
@@ -136,7 +138,7 @@ def extract_activations(
     lengths = np.array([len(row) for row in ids])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     X = np.empty((offsets[-1], lm.d_model), dtype=np.float32)
-    for i, h in _lm.iter_residuals(lm, ids, layer, batch_size):
+    for i, h in iter_residuals(lm, ids, layer, batch_size):
         X[offsets[i] : offsets[i + 1]] = h.numpy()
     doc_index = np.repeat(np.arange(len(texts)), lengths)
     position = np.arange(offsets[-1]) - offsets[doc_index]
@@ -148,7 +150,7 @@ def extract_activations(
     token_ids = np.concatenate([np.asarray(row) for row in ids])[keep]
     return TokenActivations(
         X=X[keep],
-        tokens=_lm.token_strings(lm, token_ids),
+        tokens=token_strings(lm, token_ids),
         doc_index=doc_index[keep],
         position=position[keep],
         n_dropped=int(massive.sum()),

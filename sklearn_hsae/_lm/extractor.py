@@ -10,7 +10,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from . import _lm
+from .forward import iter_residuals
+from .language_model import SMOLLM2, load_model
+from .tokens import check_texts, tokenize
 
 
 class ActivationExtractor(TransformerMixin, BaseEstimator):
@@ -79,7 +81,7 @@ class ActivationExtractor(TransformerMixin, BaseEstimator):
 
     def __init__(
         self,
-        model=_lm.SMOLLM2,
+        model=SMOLLM2,
         layer=15,
         *,
         pooling="mean",
@@ -110,7 +112,7 @@ class ActivationExtractor(TransformerMixin, BaseEstimator):
         self : object
             The extractor.
         """
-        _lm.check_texts(X, "X")
+        check_texts(X, "X")
         return self
 
     def transform(self, X):
@@ -127,10 +129,10 @@ class ActivationExtractor(TransformerMixin, BaseEstimator):
             One row per text, in the order given.
         """
         self._validate_params()
-        texts = _lm.check_texts(X, "X")
-        lm = _lm.load_model(self.model)
+        texts = check_texts(X, "X")
+        lm = load_model(self.model)
         layer = lm.check_layer(self.layer)
-        ids, n_cut = _lm.encode(lm, texts, self.max_length)
+        ids, n_cut = tokenize(lm, texts, self.max_length)
         if n_cut:
             warnings.warn(
                 f"{n_cut} of {len(texts)} texts have more than max_length={self.max_length} "
@@ -139,7 +141,7 @@ class ActivationExtractor(TransformerMixin, BaseEstimator):
             )
         out = np.empty((len(texts), lm.d_model), dtype=np.float32)
         all_massive = []
-        for i, h in _lm.iter_residuals(lm, ids, layer, self.batch_size):
+        for i, h in iter_residuals(lm, ids, layer, self.batch_size):
             rows = h[1:]  # (L_i - 1, d): BOS left out
             if self.pooling == "last":
                 out[i] = rows[-1].numpy()
@@ -170,7 +172,7 @@ class ActivationExtractor(TransformerMixin, BaseEstimator):
         feature_names_out : ndarray of str objects
             ``d_model`` names (loading the model when it is not loaded yet).
         """
-        d = _lm.load_model(self.model).d_model
+        d = load_model(self.model).d_model
         return np.asarray([f"activationextractor{i}" for i in range(d)], dtype=object)
 
     def __sklearn_tags__(self):

@@ -1,0 +1,35 @@
+"""Residual hooks against the model's own hidden states."""
+
+import pytest
+import torch
+
+from sklearn_hsae._lm.forward import iter_residuals
+from sklearn_hsae._lm.language_model import load_model
+from sklearn_hsae._lm.tokens import tokenize
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", [1, 15])
+def test_hook_is_the_hidden_state_of_that_layer(layer):
+    lm = load_model()
+    texts = ["The cat sat on the mat.", "Hi"]
+    ids, _ = tokenize(lm, texts, 512)
+    batched = dict(iter_residuals(lm, ids, layer, batch_size=2))  # padded batch
+    single = dict(iter_residuals(lm, ids, layer, batch_size=1))
+    with torch.inference_mode():
+        for i, row in enumerate(ids):
+            hidden = lm.model(torch.tensor([row]), output_hidden_states=True).hidden_states
+            assert torch.equal(single[i], hidden[layer][0])
+            # Padded batches use other kernels: equal up to float32 rounding, per row.
+            err = (batched[i] - hidden[layer][0]).norm(dim=1) / hidden[layer][0].norm(dim=1)
+            assert err.max() < 1e-4  # measured up to 1.1e-5
+
+
+@pytest.mark.slow
+def test_after_the_last_block_hidden_states_adds_the_final_norm():
+    lm = load_model()
+    ids, _ = tokenize(lm, ["The cat sat on the mat."], 512)
+    with torch.inference_mode():
+        hidden = lm.model(torch.tensor(ids), output_hidden_states=True).hidden_states
+        last = dict(iter_residuals(lm, ids, lm.n_layers, 1))[0]
+        torch.testing.assert_close(lm.model.model.norm(last), hidden[lm.n_layers][0])
