@@ -45,7 +45,7 @@ BASE_FITTED = {
     "n_steps_": (int, 0),
     "scale_": (float, 0.0),
     "loss_curve_": (list[float], None),
-    "l0_": (list[float], 0.0),
+    "l0_": (list[float], None),
 }
 # Stored fitted arrays must match the ones the weights imply to this fraction of their
 # largest entry: loose enough for a GPU's TF32 matmuls, tight enough to refuse garbage.
