@@ -39,7 +39,7 @@ print(f"FVU {summary['fvu']:.3f}, "
 # ----------------
 # ``data`` has everything the report needs: ``X``, ``tokens``, ``doc_index`` and
 # ``position`` for every row. The page shows the 40 densest parents.
-path = hierarchy_report(hsae, data, "hsae_report.html", n_parents=40,
+path = hierarchy_report(hsae, data, "hsae_report.html", n_shown_parents=40,
                         n_examples=5, context=6,
                         title="Routed H-SAE on SmolLM2 layer 15")
 print(f"open {path.resolve()} in a browser")

@@ -109,7 +109,7 @@ def _report(args) -> int:
 
         acts = extract_activations(_read_lines(args.texts), model=args.model, layer=args.layer)
     est = load(args.model_dir)
-    path = hierarchy_report(est, acts, args.out, n_parents=args.n_parents)
+    path = hierarchy_report(est, acts, args.out, n_shown_parents=args.n_shown_parents)
     print(f"report written to {path}")
     return 0
 
@@ -169,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--texts", help="a UTF-8 file, one text per line (needs [llm])")
     report.add_argument("--model", default="smollm2-135m")
     report.add_argument("--layer", type=int, default=15)
-    report.add_argument("--n-parents", type=int, default=50)
+    report.add_argument("--n-shown-parents", type=int, default=50)
     report.add_argument("--out", default="report.html")
     report.set_defaults(run=_report)
     return parser

@@ -35,7 +35,7 @@ def test_fit_then_report(activations, tmp_path, capsys):
     assert fvu == pytest.approx(1 - est.score(X), abs=1e-4)
     page = tmp_path / "report.html"
     assert main(["report", str(model), "--activations", str(activations), "--out", str(page),
-                 "--n-parents", "3"]) == 0
+                 "--n-shown-parents", "3"]) == 0
     html = page.read_text()
     assert "&lt;t" in html and "<t1>" not in html  # tokens escaped
     assert (tmp_path / "report_density.png").exists()

@@ -104,7 +104,7 @@ def tokens_of(example):
 def planted_report(tmp_path_factory):
     estimator, acts, tokens = planted()
     path = hierarchy_report(estimator, acts, tmp_path_factory.mktemp("r") / "planted.html",
-                            n_parents=3, n_examples=3, context=3)
+                            n_shown_parents=3, n_examples=3, context=3)
     return path, parse(path), tokens
 
 
@@ -139,7 +139,7 @@ def test_every_token_is_escaped(planted_report):
 def test_top_tokens_in_context_are_the_planted_ones(planted_report):
     _, parsed, tokens = planted_report
     assert list(parsed.latents)[:3] == ["parent 0", "parent 1", "parent 2"]  # by density
-    assert "parent 3" not in parsed.latents  # n_parents=3
+    assert "parent 3" not in parsed.latents  # n_shown_parents=3
     examples = parsed.latents["parent 2"]
     assert [float(v) for v, _ in examples] == [9.0, 8.0, 7.0]
     context, marked = tokens_of(examples[0])  # row 45: rows 42..48 of document 1
@@ -168,7 +168,7 @@ def test_summary_numbers(planted_report):
 def test_contexts_follow_documents_not_row_order(planted_report, tmp_path):
     _, parsed, _ = planted_report
     estimator, acts, _ = planted(np.random.default_rng(0).permutation(300))
-    shuffled = parse(hierarchy_report(estimator, acts, tmp_path / "s.html", n_parents=3,
+    shuffled = parse(hierarchy_report(estimator, acts, tmp_path / "s.html", n_shown_parents=3,
                                       n_examples=3, context=3))
     assert shuffled.latents["parent 2"] == parsed.latents["parent 2"]
     assert shuffled.latents["child 5"] == parsed.latents["child 5"]
@@ -199,7 +199,7 @@ def test_real_estimators_flat_and_hierarchical(tmp_path):
     acts = SimpleNamespace(X=X, tokens=[f"<t{i}>" for i in range(600)],
                            doc_index=np.arange(600) // 60, position=np.arange(600) % 60)
     sae = SparseAutoencoder(n_components=10, k=2, max_iter=2, batch_size=128, random_state=0)
-    parsed = parse(hierarchy_report(sae.fit(X), acts, tmp_path / "flat.html", n_parents=4))
+    parsed = parse(hierarchy_report(sae.fit(X), acts, tmp_path / "flat.html", n_shown_parents=4))
     assert list(parsed.latents) == [f"latent {j}" for j in
                                     np.argsort(-(sae.transform(X) != 0).sum(0).A1, kind="stable")[:4]]
     hsae = HierarchicalSparseAutoencoder(n_parents=6, n_children=3, subspace_dim=2, k=2,
@@ -235,7 +235,7 @@ def test_tree_levels_reconstruct_on_their_own(tmp_path):
                        np.arange(n) // 20, np.arange(n) % 20)
     est = HierarchicalSparseAutoencoder(architecture="tree", n_parents=6, n_children=2, k=3,
                                         max_iter=2, random_state=0).fit(X)
-    page = hierarchy_report(est, acts, tmp_path / "tree.html", n_parents=2).read_text()
+    page = hierarchy_report(est, acts, tmp_path / "tree.html", n_shown_parents=2).read_text()
     codes = est.encode(X)
     for level, name in enumerate(("parent", "child")):
         X_hat = codes.levels[level] @ est.components_by_level_[level] + est.intercept_by_level_[level]
