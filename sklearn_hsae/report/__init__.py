@@ -5,8 +5,8 @@ with everything inline (CSS, PNG plots as base64 data URIs, no scripts from anyw
 it can be mailed or archived as it is, and the two summary plots as PNG files beside it.
 
 The page is built from small sections: the summary (``_summary``: numbers per level and
-two plots, drawn by ``_plots``) and the latents (``_latents``: tokens in context, nested
-children along the parent maps of ``_subtree``).
+two plots), the latents (``_latents``: tokens in context, nested children) and every
+listed parent's subtree (``_subtree`` lays it out, ``_plots`` draws it).
 """
 
 from ._report import hierarchy_report

@@ -1,4 +1,4 @@
-"""The latents part of the report: a latent's tokens in context, then its children's."""
+"""The latents part of the report: a latent's tokens in context, its subtree, its children."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import html
 import numpy as np
 import scipy.sparse as sp
 
-from ._subtree import child_lists
+from ._plots import data_uri, subtree_plot
+from ._subtree import child_lists, node_label, subtree_layout
+
+_LABEL_ROWS = 20  # top rows searched for the distinct tokens of a subtree node's label
 
 
 class Contexts:
@@ -41,17 +44,30 @@ def top_examples(csc: sp.csc_matrix, column: int, n: int):
     return rows[order], values[order]
 
 
-class LatentSections:
-    """One section per coarsest-level latent: its examples, then its children's.
+def _fires_below(tree, densities) -> list:
+    """Per level, whether a latent or any of its descendants fires."""
+    fires = [d > 0 for d in densities]
+    for level in range(len(densities) - 1, 0, -1):
+        parent = tree[level]
+        linked = parent >= 0
+        np.logical_or.at(fires[level - 1], parent[linked], fires[level][linked])
+    return fires
 
-    Live children (densest first) nest recursively to the finest level; dead ones are
-    listed by index.
+
+class LatentSections:
+    """One section per coarsest-level latent: its examples and subtree, then its children.
+
+    Children (densest first) nest recursively to the finest level. A child that never
+    fires still gets a section when a descendant fires (in a tree each level is its own
+    SAE, so that happens); other dead children are listed by index.
     """
 
     def __init__(self, csc, densities, names, tree, contexts, n_examples):
         self.csc, self.densities, self.names = csc, densities, names
         self.contexts, self.n_examples = contexts, n_examples
+        self.tree = tree
         self.children = child_lists(tree, densities) if tree is not None else None
+        self.fires = _fires_below(tree, densities) if tree is not None else None
 
     def _examples_html(self, level, column):
         rows, values = top_examples(self.csc[level], column, self.n_examples)
@@ -68,17 +84,38 @@ class LatentSections:
         density, name = self.densities[level + 1], self.names[level + 1]
         out = []
         for c in kids:
-            if density[c] > 0:
+            if self.fires[level + 1][c]:
+                state = f"density {density[c]:.4f}" if density[c] > 0 else "never fires"
                 out.append(
                     f'<details class="child" open><summary>{name} {c} '
-                    f'<span class="muted small">density {density[c]:.4f}</span></summary>'
+                    f'<span class="muted small">{state}</span></summary>'
                     f"{self._examples_html(level + 1, c)}{self._children_html(level + 1, c)}"
                     "</details>"
                 )
-        dead = [c for c in kids if density[c] == 0]
+        dead = [c for c in kids if not self.fires[level + 1][c]]
         if dead:
             out.append(f'<div class="dead">dead {name}: {", ".join(map(str, dead))}</div>')
         return "".join(out)
+
+    def _top_tokens(self, level, column) -> list[str]:
+        rows, _ = top_examples(self.csc[level], column, _LABEL_ROWS)
+        return list(dict.fromkeys(self.contexts.tokens[rows]))  # distinct, strongest first
+
+    def subtree(self, latent):
+        """(layout, PNG) of the subtree under a coarsest-level latent."""
+        layout = subtree_layout(self.children, latent)
+        labels = {(lv, c): node_label(f"{self.names[lv]} {c}", self._top_tokens(lv, c))
+                  for lv, c in layout.nodes}
+        dead = {(lv, c) for lv, c in layout.nodes if self.densities[lv][c] == 0}
+        return layout, subtree_plot(layout, labels, dead)
+
+    def _subtree_html(self, latent):
+        if self.children is None:
+            return ""
+        layout, image = self.subtree(latent)
+        alt = (f"subtree of {self.names[0]} {latent}: {len(layout.nodes)} latents, "
+               f"{len(layout.edges)} edges")
+        return f'<figure class="subtree"><img alt="{alt}" src="{data_uri(image)}"></figure>'
 
     def section(self, latent):
         density = self.densities[0][latent]
@@ -86,5 +123,5 @@ class LatentSections:
         return (
             f'<section class="latent" id="l0-{latent}"><h3>{self.names[0]} {latent} '
             f'<span class="muted small">density {density:.4f}</span></h3>'
-            f"{examples}{self._children_html(0, latent)}</section>"
+            f"{self._subtree_html(latent)}{examples}{self._children_html(0, latent)}</section>"
         )

@@ -1,4 +1,4 @@
-"""The report's PNGs: feature densities and FVU against L.
+"""The report's PNGs: feature densities, FVU against L, and one parent's subtree.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly, never pyplot, so
 writing a report opens no window and leaves no global figure state behind.
@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 
 import numpy as np
+
+from ._subtree import LABEL_CHARS
+
+_ROW_INCHES = 0.34  # one leaf row of a subtree: a two-line 7-pt label and a gap
+_COLUMN_INCHES = 0.095 * LABEL_CHARS  # one level of a subtree: a label line at 7 pt
 
 
 def png(fig) -> bytes:
@@ -58,6 +64,42 @@ def curve_plot(curves) -> bytes:
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, frameon=False)
     return png(fig)
+
+
+def subtree_plot(layout, labels: dict, dead: set) -> bytes:
+    """A subtree left to right: a text box per node, an arrow per parent -> child edge.
+
+    ``layout`` is a :class:`~sklearn_hsae.report._subtree.SubtreeLayout`,
+    ``labels[(level, latent)]`` a node's text; nodes in ``dead`` are grey. The figure
+    grows with the subtree: a column per level, a row per leaf.
+    """
+    from matplotlib.figure import Figure
+
+    n_columns = int(layout.xy[:, 0].max()) + 1
+    n_rows = int(layout.xy[:, 1].max()) + 1
+    fig = Figure(figsize=(_COLUMN_INCHES * n_columns + 0.3, _ROW_INCHES * n_rows + 0.1))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, n_columns + 0.3 / _COLUMN_INCHES)
+    ax.set_ylim(n_rows - 0.5, -0.5)  # the first leaf on top
+    ax.set_axis_off()
+    boxes = {}
+    for node, (x, y) in zip(layout.nodes, layout.xy):
+        grey = node in dead
+        boxes[node] = ax.text(
+            x + 0.05, y, labels[node], ha="left", va="center", fontsize=7, parse_math=False,
+            color="0.5" if grey else "0.1",
+            bbox=dict(boxstyle="round,pad=0.3", facecolor="#f2f4f7" if grey else "#eef2ff",
+                      edgecolor="0.75" if grey else "#818cf8"),
+        )
+    for parent, child in layout.edges:  # from the parent box's right edge to the child's left
+        ax.annotate("", xy=(0, 0.5), xycoords=boxes[child], xytext=(1, 0.5),
+                    textcoords=boxes[parent],
+                    arrowprops=dict(arrowstyle="-|>", color="0.45", linewidth=0.8,
+                                    shrinkA=2, shrinkB=2))
+    with warnings.catch_warnings():
+        # Tokens come in any script; glyphs DejaVu Sans lacks are drawn as boxes.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        return png(fig)
 
 
 def data_uri(image: bytes) -> str:

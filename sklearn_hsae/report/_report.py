@@ -33,6 +33,7 @@ table.summary th:first-child,table.summary td:first-child{text-align:left}
 section.latent{background:#fff;border:1px solid #dde1e7;border-radius:6px;margin:14px 0;
   padding:8px 14px}
 section.latent h3{font-size:15px;margin:4px 0 6px}
+figure.subtree{margin:4px 0 8px;max-height:340px;overflow:auto;border:1px solid #eef0f3}
 details.child{border-left:3px solid #c7d2fe;margin:6px 0 6px 6px;padding:2px 10px}
 details.child summary{cursor:pointer;font-weight:600;font-size:13px}
 .ex{display:flex;gap:10px;align-items:baseline;margin:2px 0;font-size:13px}
@@ -154,12 +155,14 @@ def hierarchy_report(
     codes; a tree, whose every level reconstructs X alone, gives one FVU and one curve
     per level.
 
-    Then come ``n_shown_parents`` coarsest-level latents, each with its density and its
-    ``n_examples`` top-activating tokens shown in context (``context`` tokens either side
-    from the same document, the token itself highlighted). Its children follow (from
-    ``parent_index_by_level_``, or ``child_parent_ == p``), each with its tokens and its
-    own children, down to the finest level; dead children are listed by index. A flat
-    estimator gives one list of latents. Every token is HTML-escaped.
+    Then come ``n_shown_parents`` coarsest-level latents, each with its density, a
+    picture of its subtree (every descendant, labelled with its top tokens; dead ones
+    grey) and its ``n_examples`` top-activating tokens shown in context (``context``
+    tokens either side from the same document, the token itself highlighted). Its
+    children follow (from ``parent_index_by_level_``, or ``child_parent_ == p``), each
+    with its tokens and its own children, down to the finest level; a child that never
+    fires is listed by index unless one of its descendants fires. A flat estimator gives
+    one list of latents and no tree. Every token is HTML-escaped.
 
     Parameters
     ----------
