@@ -65,7 +65,6 @@ class LatentSections:
     def __init__(self, csc, densities, names, tree, contexts, n_examples):
         self.csc, self.densities, self.names = csc, densities, names
         self.contexts, self.n_examples = contexts, n_examples
-        self.tree = tree
         self.children = child_lists(tree, densities) if tree is not None else None
         self.fires = _fires_below(tree, densities) if tree is not None else None
 

@@ -18,9 +18,9 @@ _ROW_INCHES = 0.34  # one leaf row of a subtree: a two-line 7-pt label and a gap
 _COLUMN_INCHES = 0.095 * LABEL_CHARS  # one level of a subtree: a label line at 7 pt
 
 
-def png(fig) -> bytes:
+def png(fig, dpi=100) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 
@@ -77,7 +77,8 @@ def subtree_plot(layout, labels: dict, dead: set) -> bytes:
 
     n_columns = int(layout.xy[:, 0].max()) + 1
     n_rows = int(layout.xy[:, 1].max()) + 1
-    fig = Figure(figsize=(_COLUMN_INCHES * n_columns + 0.3, _ROW_INCHES * n_rows + 0.1))
+    size = (_COLUMN_INCHES * n_columns + 0.3, _ROW_INCHES * n_rows + 0.1)
+    fig = Figure(figsize=size)
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, n_columns + 0.3 / _COLUMN_INCHES)
     ax.set_ylim(n_rows - 0.5, -0.5)  # the first leaf on top
@@ -99,7 +100,9 @@ def subtree_plot(layout, labels: dict, dead: set) -> bytes:
     with warnings.catch_warnings():
         # Tokens come in any script; glyphs DejaVu Sans lacks are drawn as boxes.
         warnings.filterwarnings("ignore", message="Glyph .* missing from")
-        return png(fig)
+        # Past ~2000 leaves a 100-dpi PNG would exceed the 2**16 px a side that Agg
+        # draws; such a subtree is drawn at a lower resolution instead.
+        return png(fig, dpi=min(100, 60_000 / max(size)))
 
 
 def data_uri(image: bytes) -> str:
