@@ -5,8 +5,9 @@ The hierarchy report of an H-SAE
 
 :func:`~sklearn_hsae.report.hierarchy_report` writes one self-contained HTML page to
 browse a fitted dictionary parent by parent: a summary per level, a feature-density
-histogram, an FVU-against-L curve, and for every parent its top-activating tokens in
-context followed by its children's.
+histogram, an FVU-against-L curve, and for every parent a picture of its subtree (each
+child labelled with its top tokens) and its top-activating tokens in context, followed
+by its children's.
 
 The activations are SmolLM2-135M's residual stream after block 15, from
 ``sklearn_hsae.datasets.fetch_text_activations``. This example needs the ``[llm]`` extra
@@ -38,9 +39,11 @@ print(f"FVU {summary['fvu']:.3f}, "
 # Write the report
 # ----------------
 # ``data`` has everything the report needs: ``X``, ``tokens``, ``doc_index`` and
-# ``position`` for every row. The page shows the 40 densest parents.
-path = hierarchy_report(hsae, data, "hsae_report.html", n_parents=40,
-                        n_examples=5, context=6,
+# ``position`` for every row. The page lists the 40 densest parents
+# (``n_shown_parents``; the model's own width is ``n_parents=512``); ``verbose=1``
+# shows a progress bar while it encodes, plots and draws the 40 subtrees.
+path = hierarchy_report(hsae, data, "hsae_report.html", n_shown_parents=40,
+                        n_examples=5, context=6, verbose=1,
                         title="Routed H-SAE on SmolLM2 layer 15")
 print(f"open {path.resolve()} in a browser")
 

@@ -54,12 +54,12 @@ print(f"FVU on held-out tokens: {1 - hsae.score(data.X[~train_rows]):.3f}")
 # ------------------------------
 # :func:`~sklearn_hsae.probing.sparse_probe_scores` encodes the rows once, splits them
 # once (here by document, with ``groups``) and scores k-sparse probes on every code
-# level and on the raw activations. The label: does the token start with a capital
-# letter?
+# level and on the raw activations (``verbose=1``: a progress bar over the 15 probes).
+# The label: does the token start with a capital letter?
 rows = np.flatnonzero(data.word_start)[:20_000]
 scores = sparse_probe_scores(
     hsae, data.X[rows], data.capitalized[rows], ks=(1, 2, 5, 20),
-    codes="levels", groups=data.group[data.doc_index[rows]], random_state=0,
+    codes="levels", groups=data.group[data.doc_index[rows]], random_state=0, verbose=1,
 )
 print(scores)
 

@@ -28,6 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
+from tqdm.auto import tqdm
 
 from .metrics import code_levels, level_names
 
@@ -299,6 +300,21 @@ def _split(y, test_size, groups, random_state):
     return train, test
 
 
+def _probe_set(Z, y, train, test, ks, logistic: dict, bar):
+    """Test accuracy of every top-k probe, then of one on all columns; the columns used."""
+    Z_train, Z_test = Z[train], Z[test]  # row selection copies: once per set, not per k
+    accuracy, picks = [], []
+    for k in ks:
+        probe = make_sparse_probe(min(k, Z.shape[1]), **logistic).fit(Z_train, y[train])
+        accuracy.append(probe.score(Z_test, y[test]))
+        picks.append(probe[0].selected_)
+        bar.update()
+    full = LogisticRegression(**logistic).fit(Z_train, y[train])
+    accuracy.append(full.score(Z_test, y[test]))
+    bar.update()
+    return accuracy, tuple(picks)
+
+
 def sparse_probe_scores(
     estimator,
     X,
@@ -311,6 +327,7 @@ def sparse_probe_scores(
     random_state=None,
     C=1.0,
     max_iter=1000,
+    verbose=0,
 ):
     """Held-out accuracy of k-sparse probes on an estimator's codes and on raw X.
 
@@ -342,6 +359,9 @@ def sparse_probe_scores(
         Seeds the split and the probes.
     C, max_iter
         Passed to every logistic regression.
+    verbose : int, default=0
+        0 runs silently; 1 or more shows a progress bar (rate and time left) on stderr,
+        one step per fitted probe (``len(ks) + 1`` per feature set).
 
     Returns
     -------
@@ -374,23 +394,20 @@ def sparse_probe_scores(
     ks = tuple(int(k) for k in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks!r}.")
+    if not isinstance(verbose, Integral) or verbose < 0:
+        raise ValueError(f"verbose must be a non-negative int, got {verbose!r}.")
     levels = code_levels(estimator, X)
     sets = {"activations": X, **_code_sets(levels, codes)}
     train, test = _split(y, test_size, groups, random_state)
-    accuracy = np.empty((len(sets), len(ks) + 1))
-    selected = {}
-    for i, (name, Z) in enumerate(sets.items()):
-        Z_train, Z_test = Z[train], Z[test]
-        picks = []
-        for j, k in enumerate(ks):
-            probe = make_sparse_probe(
-                min(k, Z.shape[1]), C=C, max_iter=max_iter, random_state=random_state
-            ).fit(Z_train, y[train])
-            accuracy[i, j] = probe.score(Z_test, y[test])
-            picks.append(probe[0].selected_)
-        full = LogisticRegression(C=C, max_iter=max_iter, random_state=random_state)
-        accuracy[i, -1] = full.fit(Z_train, y[train]).score(Z_test, y[test])
-        selected[name] = tuple(picks)
+    logistic = dict(C=C, max_iter=max_iter, random_state=random_state)
+    results = {}
+    with tqdm(total=len(sets) * (len(ks) + 1), desc="probes", unit="probe",
+              disable=not verbose, leave=False) as bar:
+        for name, Z in sets.items():
+            bar.set_postfix_str(name)
+            results[name] = _probe_set(Z, y, train, test, ks, logistic, bar)
+    accuracy = np.array([row for row, _ in results.values()])
+    selected = {name: picks for name, (_, picks) in results.items()}
     values, counts = np.unique(y[train], return_counts=True)
     chance = float(np.mean(y[test] == values[np.argmax(counts)]))
     return SparseProbeScores(ks, tuple(sets), accuracy, selected, chance, len(train), len(test))

@@ -1,5 +1,6 @@
 """Sparse probing: the selector's scores, planted columns, the SAEBench protocol end to end."""
 
+import re
 import warnings
 
 import numpy as np
@@ -185,3 +186,17 @@ def test_protocol_on_a_fitted_estimator_equals_running_it_by_hand(flat):
     raw = LogisticRegression(max_iter=1000, random_state=0).fit(X[train], y[train])
     assert scores["activations", "all"] == raw.score(X[test], y[test])
     assert scores["activations", "all"] > 0.9  # the concept is linear in X
+
+
+def test_verbose_draws_a_bar_of_probes_and_quiet_prints_nothing(capfd):
+    rng = np.random.default_rng(4)
+    X, y = sparse_codes(120, 6, rng), np.arange(120) % 2
+    estimator = PlantedHierarchy([2, 4], [np.array([0, 0, 1, 1])])
+    sparse_probe_scores(estimator, X, y, ks=(1, 2), codes="levels", random_state=0)
+    assert capfd.readouterr().err == ""
+    sparse_probe_scores(estimator, X, y, ks=(1, 2), codes="levels", random_state=0, verbose=1)
+    err = capfd.readouterr().err
+    assert "probes:" in err and "/9 [" in err  # 3 feature sets x (2 top-k probes + all)
+    assert "probe/s" in err and re.search(r"\[\d\d:\d\d<", err)  # rate, elapsed<time left
+    with pytest.raises(ValueError, match="verbose must be a non-negative int, got -1"):
+        sparse_probe_scores(estimator, X, y, verbose=-1)

@@ -1,6 +1,7 @@
 """The HTML report: self-contained, escaped, and showing the right tokens in context."""
 
 import base64
+import io
 import re
 from html.parser import HTMLParser
 from types import SimpleNamespace
@@ -12,7 +13,10 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder
 from sklearn_hsae.datasets import make_hierarchical_activations
+from sklearn_hsae.metrics import level_names
 from sklearn_hsae.report import hierarchy_report
+from sklearn_hsae.report._plots import _COLUMN_INCHES, _ROW_INCHES
+from sklearn_hsae.report._subtree import child_lists, subtree_layout
 
 SPECIAL = {44: "<script>alert(1)</script>", 45: '"quoted"', 46: "a & b", 30: "<b>bold</b>",
            31: "\n", 47: "&amp;", 101: "</mark>"}
@@ -104,7 +108,7 @@ def tokens_of(example):
 def planted_report(tmp_path_factory):
     estimator, acts, tokens = planted()
     path = hierarchy_report(estimator, acts, tmp_path_factory.mktemp("r") / "planted.html",
-                            n_parents=3, n_examples=3, context=3)
+                            n_shown_parents=3, n_examples=3, context=3)
     return path, parse(path), tokens
 
 
@@ -120,7 +124,8 @@ def test_report_is_self_contained(planted_report):
     assert [p.name for p in pngs] == ["planted_density.png", "planted_fvu_l0.png"]
     embedded = [base64.b64decode(t[len("data:image/png;base64,"):]) for tag, t in parsed.links
                 if tag == "img"]
-    assert embedded == [p.read_bytes() for p in pngs]
+    # The two summary plots are the files beside the page; a subtree follows per listed parent.
+    assert embedded[:2] == [p.read_bytes() for p in pngs] and len(embedded) == 2 + 3
     assert all(png.startswith(b"\x89PNG\r\n\x1a\n") for png in embedded)
 
 
@@ -139,7 +144,7 @@ def test_every_token_is_escaped(planted_report):
 def test_top_tokens_in_context_are_the_planted_ones(planted_report):
     _, parsed, tokens = planted_report
     assert list(parsed.latents)[:3] == ["parent 0", "parent 1", "parent 2"]  # by density
-    assert "parent 3" not in parsed.latents  # n_parents=3
+    assert "parent 3" not in parsed.latents  # n_shown_parents=3
     examples = parsed.latents["parent 2"]
     assert [float(v) for v, _ in examples] == [9.0, 8.0, 7.0]
     context, marked = tokens_of(examples[0])  # row 45: rows 42..48 of document 1
@@ -168,7 +173,7 @@ def test_summary_numbers(planted_report):
 def test_contexts_follow_documents_not_row_order(planted_report, tmp_path):
     _, parsed, _ = planted_report
     estimator, acts, _ = planted(np.random.default_rng(0).permutation(300))
-    shuffled = parse(hierarchy_report(estimator, acts, tmp_path / "s.html", n_parents=3,
+    shuffled = parse(hierarchy_report(estimator, acts, tmp_path / "s.html", n_shown_parents=3,
                                       n_examples=3, context=3))
     assert shuffled.latents["parent 2"] == parsed.latents["parent 2"]
     assert shuffled.latents["child 5"] == parsed.latents["child 5"]
@@ -199,7 +204,7 @@ def test_real_estimators_flat_and_hierarchical(tmp_path):
     acts = SimpleNamespace(X=X, tokens=[f"<t{i}>" for i in range(600)],
                            doc_index=np.arange(600) // 60, position=np.arange(600) % 60)
     sae = SparseAutoencoder(n_components=10, k=2, max_iter=2, batch_size=128, random_state=0)
-    parsed = parse(hierarchy_report(sae.fit(X), acts, tmp_path / "flat.html", n_parents=4))
+    parsed = parse(hierarchy_report(sae.fit(X), acts, tmp_path / "flat.html", n_shown_parents=4))
     assert list(parsed.latents) == [f"latent {j}" for j in
                                     np.argsort(-(sae.transform(X) != 0).sum(0).A1, kind="stable")[:4]]
     hsae = HierarchicalSparseAutoencoder(n_parents=6, n_children=3, subspace_dim=2, k=2,
@@ -235,9 +240,105 @@ def test_tree_levels_reconstruct_on_their_own(tmp_path):
                        np.arange(n) // 20, np.arange(n) % 20)
     est = HierarchicalSparseAutoencoder(architecture="tree", n_parents=6, n_children=2, k=3,
                                         max_iter=2, random_state=0).fit(X)
-    page = hierarchy_report(est, acts, tmp_path / "tree.html", n_parents=2).read_text()
+    page = hierarchy_report(est, acts, tmp_path / "tree.html", n_shown_parents=2).read_text()
     codes = est.encode(X)
     for level, name in enumerate(("parent", "child")):
         X_hat = codes.levels[level] @ est.components_by_level_[level] + est.intercept_by_level_[level]
         value = ((X - X_hat) ** 2).sum() / ((X - X.mean(0)) ** 2).sum()
         assert f"{name} <b>{value:.4f}</b>" in page  # one FVU per level, each level alone
+
+
+def subtree_images(raw):
+    """Per listed parent (by id), the (alt, PNG bytes) of every image in its section."""
+    sections = re.findall(r'<section class="latent" id="l0-(\d+)">(.*?)</section>', raw, re.S)
+    return {int(p): [(alt, base64.b64decode(data)) for alt, data in
+                     re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]*)"', body)]
+            for p, body in sections}
+
+
+def descendants(parent_index_by_level, root):
+    """Nodes and edges under root, walked level by level from the parent maps alone."""
+    nodes, edges, frontier = {(0, root)}, set(), {root}
+    for level in range(1, len(parent_index_by_level)):
+        parent = np.asarray(parent_index_by_level[level])
+        below = {int(c) for c in np.flatnonzero(np.isin(parent, list(frontier)))}
+        nodes |= {(level, c) for c in below}
+        edges |= {((level - 1, int(parent[c])), (level, c)) for c in below}
+        frontier = below
+    return nodes, edges
+
+
+def assert_tidy(layout):
+    """A column per level, a row per leaf, every parent midway between its end children."""
+    xy = dict(zip(layout.nodes, layout.xy))
+    assert all(xy[node][0] == node[0] for node in layout.nodes)
+    kids = {n: [c for a, c in layout.edges if a == n] for n in layout.nodes}
+    leaves = sorted(xy[n][1] for n in layout.nodes if not kids[n])
+    assert leaves == list(range(len(leaves)))
+    for node, under in kids.items():
+        if under:
+            assert xy[node][1] == (xy[under[0]][1] + xy[under[-1]][1]) / 2
+
+
+@pytest.mark.parametrize("params", [dict(architecture="tree", n_levels=3, reparent_every=20),
+                                    dict(architecture="routed", subspace_dim=2)])
+def test_every_listed_parent_gets_its_subtree_drawn(params, tmp_path):
+    """One PNG per listed parent, of exactly the subtree that parent_index_by_level_ holds."""
+    from matplotlib.image import imread
+
+    X, *_ = make_hierarchical_activations(n_samples=1500, n_features=16, n_parents=4, n_children=3,
+                                          subspace_dim=2, n_active=2, random_state=0)
+    est = HierarchicalSparseAutoencoder(n_parents=4, n_children=3, k=2, max_iter=5, batch_size=128,
+                                        random_state=0, **params).fit(X)
+    acts = Activations(X, [f"t{i % 97}" for i in range(1500)], np.arange(1500) // 30,
+                       np.arange(1500) % 30)
+    path = hierarchy_report(est, acts, tmp_path / "tree.html", n_shown_parents=3)
+    images, parsed = subtree_images(path.read_text()), parse(path)
+    index = est.parent_index_by_level_
+    names = level_names(len(index))
+    assert len(images) == 3 and all(len(found) == 1 for found in images.values())
+    for p, [(alt, png)] in images.items():
+        nodes, edges = descendants(index, p)
+        assert alt == f"subtree of {names[0]} {p}: {len(nodes)} latents, {len(edges)} edges"
+        layout = subtree_layout(child_lists(index), p)
+        pixels = imread(io.BytesIO(png), format="png")  # (h, w, RGBA) at 100 dpi
+        n_rows = sum(not any(a == n for a, _ in edges) for n in nodes)  # a row per leaf
+        n_columns = max(level for level, _ in nodes) + 1  # a column per level
+        assert pixels.shape == pytest.approx(
+            (100 * (_ROW_INCHES * n_rows + 0.1), 100 * (_COLUMN_INCHES * n_columns + 0.3), 4), abs=1)
+        assert (pixels[..., :3] < 0.5).any()  # something is drawn on the white page
+        assert set(layout.nodes) == nodes and len(layout.nodes) == len(nodes)
+        assert set(layout.edges) == edges and len(layout.edges) == len(edges)
+        assert_tidy(layout)
+    # Down to the finest level, every shown latent sits under its parent from the maps.
+    for heading, parent in parsed.parent_of.items():
+        kind, latent = heading.split()
+        depth = names.index(kind)
+        assert parent == (None if depth == 0 else f"{names[depth - 1]} {index[depth][int(latent)]}")
+    assert {heading.split()[0] for heading in parsed.parent_of} == set(names)
+
+
+def test_a_dead_latent_with_a_live_descendant_keeps_its_place(tmp_path):
+    # level1 0 never fires but its child level2 0 does (tree levels are separate SAEs).
+    X = np.zeros((20, 1 + 2 + 2))
+    X[:10, 0], X[:5, 3] = 1.0, 2.0
+    acts = Activations(X, [f"t{i}" for i in range(20)], np.zeros(20, int), np.arange(20))
+    estimator = PlantedHierarchy([1, 2, 2], [np.array([0, 0]), np.array([0, 1])])
+    path = hierarchy_report(estimator, acts, tmp_path / "d.html")
+    parsed = parse(path)
+    assert list(parsed.latents) == ["level0 0", "level1 0", "level2 0"]
+    assert parsed.parent_of["level2 0"] == "level1 0" and parsed.latents["level1 0"] == []
+    assert "level1 0 <span class=\"muted small\">never fires</span>" in path.read_text()
+    assert parsed.dead["level0 0"].strip() == "dead level1: 1"  # nothing under it fires
+    [(alt, _)] = subtree_images(path.read_text())[0]
+    assert alt == "subtree of level0 0: 5 latents, 4 edges"  # dead nodes are drawn too
+
+
+def test_verbose_draws_a_bar_and_quiet_prints_nothing(tmp_path, capfd):
+    estimator, acts, _ = planted()
+    hierarchy_report(estimator, acts, tmp_path / "q.html", n_shown_parents=3)
+    assert capfd.readouterr().err == ""
+    hierarchy_report(estimator, acts, tmp_path / "v.html", n_shown_parents=3, verbose=1)
+    err = capfd.readouterr().err
+    assert "report:" in err and "/5 [" in err  # encoding, summary, then 3 listed parents
+    assert re.search(r"\[\d\d:\d\d<[?\d]", err) and "step/s" in err  # elapsed<left, rate
