@@ -14,7 +14,6 @@ the models, which read these dataclasses but never import them.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -131,6 +130,15 @@ class RoutedConfig:
         d = self.n_features
         return 2 * d * self.n_parents + self.k * (2 * self.subspace_dim * d + 2 * self.n_children * self.subspace_dim)
 
+    def fit_warnings(self) -> list[str]:
+        """Settings that train but are probably not what the user meant."""
+        d, s = self.n_features, self.subspace_dim
+        if s <= d:
+            return []
+        return [f"subspace_dim={s} exceeds n_features={d}: a parent's subspace of the input has "
+                f"at most {d} independent directions, so the extra dimensions only repeat them; "
+                f"use subspace_dim <= {d}."]
+
     def feature_names(self, prefix: str) -> list[str]:
         """``parent{p}``, then ``child{p}.{c}`` (child c of parent p)."""
         names = [f"{prefix}_parent{p}" for p in range(self.n_parents)]
@@ -153,14 +161,6 @@ class RoutedConfig:
         if p["k"] > p["n_parents"]:
             raise ValueError(
                 f"k={p['k']} active parents cannot exceed n_parents={p['n_parents']}."
-            )
-        if p["subspace_dim"] > n_features:
-            warnings.warn(
-                f"subspace_dim={p['subspace_dim']} exceeds n_features={n_features}: a parent's "
-                f"subspace of the input has at most {n_features} independent directions, so "
-                f"the extra dimensions only repeat them; use subspace_dim <= {n_features}.",
-                UserWarning,
-                stacklevel=4,
             )
         return cls(
             n_features=n_features,
@@ -215,6 +215,9 @@ class FlatConfig:
     def work_per_row(self) -> int:
         """Multiply-adds per row of a training step, roughly: the dense encoder."""
         return 2 * self.n_features * self.n_latents
+
+    def fit_warnings(self) -> list[str]:
+        return []
 
     def feature_names(self, prefix: str) -> list[str]:
         return [f"{prefix}{i}" for i in range(self.n_latents)]
@@ -316,6 +319,9 @@ class TreeConfig:
     def work_per_row(self) -> int:
         """Multiply-adds per row of a training step, roughly: every level's encoder."""
         return 2 * self.n_features * sum(self.widths)
+
+    def fit_warnings(self) -> list[str]:
+        return []
 
     def feature_names(self, prefix: str) -> list[str]:
         """``level{l}_{i}``: feature i of level l."""

@@ -88,10 +88,22 @@ def test_each_architecture_refuses_sizes_in_its_own_terms(est, match):
         est._model_config(n_features=16, n_samples=100)
 
 
-def test_subspace_larger_than_the_input_warns():
-    est = HierarchicalSparseAutoencoder(n_parents=8, subspace_dim=6, k=2)
+def test_subspace_larger_than_the_input_warns_at_fit_only():
+    import warnings
+
+    import numpy as np
+
+    est = HierarchicalSparseAutoencoder(n_parents=8, subspace_dim=6, k=2, max_iter=1)
+    X = np.random.RandomState(0).randn(50, 4)
     with pytest.warns(UserWarning, match=r"subspace_dim=6 exceeds n_features=4.*at most 4 independent"):
-        est._model_config(n_features=4, n_samples=100)
+        est.fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est._model_config(n_features=4, n_samples=100)  # building the config (io.load) is quiet
+        est.set_params(subspace_dim=4)._model_config(n_features=4, n_samples=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est.set_params(subspace_dim=4).fit(X)
 
 
 @pytest.mark.parametrize(

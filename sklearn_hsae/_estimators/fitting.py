@@ -9,6 +9,7 @@ sees the estimator.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -45,6 +46,14 @@ class FittingMixin:
         """The model's frozen config; raises ValueError for sizes that do not fit."""
         config_class, _ = self._architecture()
         return config_class.from_params(self.get_params(deep=False), n_features, n_samples, total_steps)
+
+    def _fit_config(self, n_features: int, n_samples: int, total_steps: int | None):
+        """``_model_config`` for a fit that is about to start: also warns about settings
+        that train but are probably not what the user meant."""
+        config = self._model_config(n_features, n_samples, total_steps)
+        for message in config.fit_warnings():
+            warnings.warn(message, UserWarning, stacklevel=4)
+        return config
 
     def _check_sizes(self, n_features: int) -> None:
         self._model_config(n_features, 1)
@@ -122,7 +131,7 @@ class FittingMixin:
         shard = shard_for_rank(X)  # X itself unless torch.distributed is initialised
         batch = local_batch_size(self.batch_size)
         total = self.max_iter * math.ceil(shard.shape[0] / batch)
-        config = self._model_config(X.shape[1], X.shape[0], total)
+        config = self._fit_config(X.shape[1], X.shape[0], total)
         train = TrainConfig.from_params(self.learning_rate, config.lr_width, total)
         loop = FitLoop(self._loop_config(batch), shard, rng, self._prepare)
         with deterministic(device.type == "cpu"), self._threads(config, batch):
@@ -168,7 +177,7 @@ class FittingMixin:
         first = not hasattr(self, "_model_state")
         X = self._check_X(X, reset=first)
         device = self._device()
-        config = self._model_config(X.shape[1], X.shape[0], None) if first else self._config
+        config = self._fit_config(X.shape[1], X.shape[0], None) if first else self._config
         with deterministic(device.type == "cpu"), self._threads(config, self.batch_size):
             trainer = self._stream_trainer(X, device, config if first else None)
             steps = math.ceil(X.shape[0] / self.batch_size)
