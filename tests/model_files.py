@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from sklearn_hsae._io_checks import sha256
+from sklearn_hsae.io._json import sha256
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 

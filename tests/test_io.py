@@ -16,12 +16,12 @@ from model_files import CONFIG, WEIGHTS, forge, forge_header, read_model, split_
 from safetensors.numpy import load_file
 from sklearn.exceptions import NotFittedError
 
-import sklearn_hsae._io_checks
-import sklearn_hsae._io_state
-import sklearn_hsae._saelens
+import sklearn_hsae.io._checks
+import sklearn_hsae.io._json
+import sklearn_hsae.io._saelens
 from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder, io
 from sklearn_hsae._config import MODEL_CONFIGS
-from sklearn_hsae._io_checks import coerce
+from sklearn_hsae.io._json import coerce
 from sklearn_hsae.datasets import make_hierarchical_activations
 from sklearn_hsae.io import InvalidModelFileError, export_saelens, load, save
 
@@ -162,7 +162,7 @@ def test_file_layout(fitted, tmp_path):
 def test_io_modules_use_no_pickle():
     """No unpickler is imported or called by the io modules (checked on their syntax tree)."""
     unpicklers = {"pickle", "joblib", "cloudpickle", "dill", "marshal", "shelve"}
-    for module in (io, sklearn_hsae._io_checks, sklearn_hsae._io_state, sklearn_hsae._saelens):
+    for module in (io, sklearn_hsae.io._json, sklearn_hsae.io._checks, sklearn_hsae.io._saelens):
         tree = ast.parse(inspect.getsource(module))
         imported = {
             alias.name.split(".")[0]

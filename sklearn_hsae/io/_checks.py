@@ -1,6 +1,6 @@
 """What a model file must agree with: the estimator's parameters, config, weights, fitted state.
 
-The generic readers of ``_io_checks`` say a file is well-formed; the checks here say it
+The generic readers of ``_json`` say a file is well-formed; the checks here say it
 describes a model this package would have written, using only what each estimator knows
 about itself (``_validate_params``, ``_check_sizes``, ``_model_config``, an empty model on
 the ``meta`` device, ``integer_ranges``, ``_export_fitted``), so a new architecture is
@@ -17,10 +17,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from sklearn.utils._param_validation import InvalidParameterError
 
-from ._baselines import SparseAutoencoder
-from ._config import MODEL_CONFIGS
-from ._estimator import HierarchicalSparseAutoencoder
-from ._io_checks import (
+from .. import HierarchicalSparseAutoencoder, SparseAutoencoder
+from .._config import MODEL_CONFIGS
+from ._json import (
     ST_CODES,
     check_keys,
     coerce,

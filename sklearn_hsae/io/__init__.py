@@ -36,8 +36,8 @@ import torch
 from safetensors.numpy import save_file
 from sklearn.utils.validation import check_is_fitted
 
-from . import __version__
-from ._io_checks import (
+from .. import __version__
+from ._json import (
     MAX_JSON_BYTES,
     ST_CODES,
     InvalidModelFileError,
@@ -49,7 +49,7 @@ from ._io_checks import (
     strict_json,
     to_json_value,
 )
-from ._io_state import (
+from ._checks import (
     CONFIG_FILE,
     ESTIMATORS,
     FITTED_PREFIX,
