@@ -1,86 +1,71 @@
-"""What a model file must agree with: the estimator's parameters, config, weights, fitted state.
+"""What a model file must agree with: the estimator's parameters, config and weights.
 
-The generic readers of ``_json`` say a file is well-formed; the checks here say it
+The safetensors library and ``_json`` say a file is well-formed; the checks here say it
 describes a model this package would have written, using only what each estimator knows
 about itself (``_validate_params``, ``_check_sizes``, ``_model_config``, an empty model on
-the ``meta`` device, ``integer_ranges``, ``_export_fitted``), so a new architecture is
+the ``meta`` device, ``integer_ranges``, ``_integer_ranges``), so a new architecture is
 covered without changes here.
 """
 
 from __future__ import annotations
 
 import typing
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from sklearn.utils._param_validation import InvalidParameterError
 
-from .. import HierarchicalSparseAutoencoder, SparseAutoencoder
 from .._config import MODEL_CONFIGS
-from ._json import (
-    ST_CODES,
-    check_keys,
-    coerce,
-    json_object,
-    param_from_json,
-    refuse,
-    sha256,
-    to_json_value,
+from ._files import WeightsFile, sha256
+from ._format import (
+    BASE_FITTED,
+    CONFIG_FILE,
+    ESTIMATORS,
+    FORMAT,
+    FORMAT_VERSION,
+    LOCAL_PARAMS,
+    OPTIONAL_FITTED,
+    WEIGHTS_FILE,
 )
-
-FORMAT, FORMAT_VERSION = "sklearn_hsae", 1
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-FITTED_PREFIX = "fitted."
-# Machine-local parameters a file never carries: where this machine writes checkpoints.
-LOCAL_PARAMS = frozenset({"checkpoint_dir"})
-ESTIMATORS = {cls.__name__: cls for cls in (HierarchicalSparseAutoencoder, SparseAutoencoder)}
-# Fitted attributes BaseSparseAutoencoder sets for every estimator, with their lower bounds;
-# the rest come from ``_export_fitted`` and are checked against a recomputation.
-BASE_FITTED = {
-    "n_features_in_": (int, 1),
-    "n_iter_": (int, 0),
-    "n_steps_": (int, 0),
-    "scale_": (float, 0.0),
-    "loss_curve_": (list[float], None),
-}
-# Stored fitted arrays must match the ones the weights imply to this fraction of their
-# largest entry: loose enough for a GPU's TF32 matmuls, tight enough to refuse garbage.
-FITTED_RTOL = 1e-2
-
-
-def public_fitted(est) -> dict:
-    return {k: v for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")}
+from ._json import check_keys, coerce, json_object, param_from_json, refuse
 
 
 def check_document(doc) -> dict:
-    keys = {
-        "format",
-        "format_version",
-        "package_version",
-        "estimator",
-        "params",
-        "config",
-        "fitted",
-        "sha256",
-    }
-    check_keys(doc, CONFIG_FILE, keys)
-    if doc["format"] != FORMAT:
+    """The top level of config.json: format and version first (a file of another version
+    may have other keys), then every key and the JSON type of the containers."""
+    json_object(doc, CONFIG_FILE)
+    if "format" in doc and doc["format"] != FORMAT:
         refuse(CONFIG_FILE, f"format {doc['format']!r} is not {FORMAT!r}")
-    version = coerce(doc["format_version"], int, f"{CONFIG_FILE} format_version")
-    if version != FORMAT_VERSION:
-        newer = (
-            "newer than this sklearn_hsae reads; upgrade" if version > FORMAT_VERSION else "unknown"
-        )
-        refuse(
-            CONFIG_FILE,
-            f"format_version {version} is {newer} (this version reads {FORMAT_VERSION})",
-        )
+    if "format_version" in doc:
+        version = coerce(doc["format_version"], int, f"{CONFIG_FILE} format_version")
+        check_version(version, doc.get("package_version"))
+    keys = {"format", "format_version", "package_version", "estimator", "params", "config"}
+    check_keys(doc, CONFIG_FILE, keys | {"fitted", "sha256"})
     coerce(doc["package_version"], str, f"{CONFIG_FILE} package_version")
     for key in ("params", "fitted", "sha256"):
         json_object(doc[key], f"{CONFIG_FILE} {key}")
     return doc
+
+
+def check_version(version: int, written_by) -> None:
+    if version > FORMAT_VERSION:
+        problem = "newer than this sklearn_hsae reads; upgrade sklearn_hsae"
+    elif 1 <= version < FORMAT_VERSION:
+        # Version 1 also stored every fitted array; this reader keeps no code for it.
+        by = (
+            f"sklearn_hsae {written_by}" if isinstance(written_by, str) else "an older sklearn_hsae"
+        )
+        problem = (
+            f"older than this sklearn_hsae reads; refit and save the model again, or load "
+            f"it with {by:.60}, which wrote it"
+        )
+    elif version != FORMAT_VERSION:
+        problem = "unknown"
+    else:
+        return
+    refuse(
+        CONFIG_FILE, f"format_version {version} is {problem} (this version reads {FORMAT_VERSION})"
+    )
 
 
 def estimator_from_json(name, params: dict, device):
@@ -92,7 +77,10 @@ def estimator_from_json(name, params: dict, device):
     values = {k: param_from_json(v, f"{CONFIG_FILE} params.{k}") for k, v in params.items()}
     for key in LOCAL_PARAMS:
         if values.get(key) is not None:
-            refuse(f"{CONFIG_FILE} params.{key}", "must be null: a model file may not choose where fit writes")
+            refuse(
+                f"{CONFIG_FILE} params.{key}",
+                "must be null: a model file may not choose where fit writes",
+            )
     if device is not None:
         values["device"] = device
     est = cls(**values)
@@ -105,15 +93,35 @@ def estimator_from_json(name, params: dict, device):
     return est
 
 
-def base_fitted(fitted: dict) -> dict:
+def fitted_from_json(fitted, est) -> dict:
+    """The stored fitted values, checked: types, lower bounds and lengths.
+
+    Returns them as attributes to set; ``feature_names_in_`` becomes an object array.
+    """
+    where = f"{CONFIG_FILE} fitted"
+    check_keys(fitted, where, set(BASE_FITTED), frozenset(OPTIONAL_FITTED))
     values = {}
     for name, (hint, low) in BASE_FITTED.items():
-        where = f"{CONFIG_FILE} fitted.{name}"
-        if name not in fitted:
-            refuse(where, "is missing")
-        values[name] = coerce(fitted[name], hint, where)
+        values[name] = coerce(fitted[name], hint, f"{where}.{name}")
         if low is not None and not values[name] > low - (hint is int):
-            refuse(where, f"must be {'>=' if hint is int else '>'} {low}, got {values[name]}")
+            refuse(
+                f"{where}.{name}",
+                f"must be {'>=' if hint is int else '>'} {low}, got {values[name]}",
+            )
+    if "feature_names_in_" in fitted:
+        names = coerce(fitted["feature_names_in_"], list[str], f"{where}.feature_names_in_")
+        if len(names) != values["n_features_in_"]:
+            refuse(
+                f"{where}.feature_names_in_",
+                f"has {len(names)} names for {values['n_features_in_']} features",
+            )
+        values["feature_names_in_"] = np.asarray(names, dtype=object)
+    if "l0_" in fitted:
+        l0 = coerce(fitted["l0_"], list[float], f"{where}.l0_")
+        n_levels = getattr(est, "n_levels", 1)  # a SparseAutoencoder has one level
+        if len(l0) != n_levels or min(l0, default=0.0) < 0:
+            refuse(f"{where}.l0_", f"must be {n_levels} non-negative numbers, got {l0!r:.80}")
+        values["l0_"] = l0
     return values
 
 
@@ -168,18 +176,18 @@ def numpy_dtype(dtype: torch.dtype) -> np.dtype:
         refuse(f"{CONFIG_FILE} config", f"the model holds {dtype} tensors, which cannot be stored")
 
 
-def check_names(header, hashes: dict, expected: dict) -> None:
-    names = {n for n in header.tensors if not n.startswith(FITTED_PREFIX)}
-    if names != expected.keys():
-        missing, extra = sorted(expected.keys() - names), sorted(names - expected.keys())
+def check_names(entries: dict, hashes: dict, expected: dict) -> None:
+    """The file holds exactly the model's tensors, each with a well-formed hash."""
+    if entries.keys() != expected.keys():
+        missing, extra = sorted(expected.keys() - entries), sorted(entries.keys() - expected)
         refuse(
             WEIGHTS_FILE,
             f"model tensors differ from the architecture's: missing {missing}, unexpected {extra}",
         )
-    if hashes.keys() != header.tensors.keys():
+    if hashes.keys() != entries.keys():
         refuse(
             f"{CONFIG_FILE} sha256",
-            f"lists {sorted(hashes)}, but {WEIGHTS_FILE} holds {sorted(header.tensors)}",
+            f"lists {sorted(hashes)}, but {WEIGHTS_FILE} holds {sorted(entries)}",
         )
     for name, digest in hashes.items():
         if not (
@@ -188,38 +196,16 @@ def check_names(header, hashes: dict, expected: dict) -> None:
             refuse(f"{CONFIG_FILE} sha256.{name}", f"must be 64 hex digits, got {digest!r:.80}")
 
 
-class TensorReader:
-    """Reads one checked tensor at a time from a safetensors file (memory-mapped)."""
-
-    def __init__(self, path: Path, header, hashes: dict):
-        self.path, self.header, self.hashes = path, header, hashes
-
-    def __enter__(self):
-        try:
-            self.file = safe_open(self.path, framework="numpy")
-        except (SafetensorError, OSError) as exc:
-            refuse(WEIGHTS_FILE, f"safetensors cannot open it ({exc})")
-        return self
-
-    def __exit__(self, *exc):
-        self.file = None
-
-    def read(self, name: str, dtype: np.dtype, shape: tuple, ranges: dict) -> np.ndarray:
+def read_state(weights: WeightsFile, expected: dict, hashes: dict, ranges: dict) -> dict:
+    """Every model tensor, checked: dtype and shape (all of them before any data is read),
+    then one by one the SHA-256, finite values and the range of every integer tensor."""
+    for name, (dtype, shape) in expected.items():
+        weights.check_entry(name, dtype, shape)
+    state = {}
+    for name, (dtype, shape) in expected.items():
         where = f"{WEIGHTS_FILE} tensor {name!r}"
-        entry = self.header.tensors[name]
-        if entry.dtype != dtype or entry.shape != shape:
-            refuse(
-                where,
-                f"is {ST_CODES[entry.dtype]} {list(entry.shape)}, expected "
-                f"{ST_CODES.get(dtype, dtype)} {list(shape)}",
-            )
-        try:
-            array = np.array(self.file.get_tensor(name), copy=True)
-        except (SafetensorError, OSError, ValueError) as exc:
-            refuse(where, f"cannot be read ({exc})")
-        if array.dtype != dtype or array.shape != shape:
-            refuse(where, "changed while it was being read")
-        if sha256(array) != self.hashes[name]:
+        array = weights.read(name, dtype, shape)
+        if sha256(array) != hashes[name]:
             refuse(where, f"its SHA-256 differs from the one {CONFIG_FILE} records (damaged data)")
         if array.dtype.kind == "f":
             bad = array.size - int(np.isfinite(array).sum())
@@ -229,7 +215,8 @@ class TensorReader:
             refuse(where, "is an integer tensor without a declared valid range; cannot check it")
         else:
             check_range(array, where, *ranges[name])
-        return array
+        state[name] = array
+    return state
 
 
 def check_range(array: np.ndarray, where: str, low: int, high: int | None) -> None:
@@ -245,86 +232,27 @@ def check_range(array: np.ndarray, where: str, low: int, high: int | None) -> No
         )
 
 
-def array_parts(name: str, value) -> dict | None:
-    """A fitted attribute as safetensors entries, or None if it belongs in JSON.
+def check_fitted_ranges(est) -> None:
+    """The integer fitted arrays recomputed from the weights (``child_parent_``, one array
+    per level, ...) lie in the ranges the estimator declares (``_integer_ranges``).
 
-    An array is one entry; a list of arrays (one per level, say) is ``name.0``,
-    ``name.1``, ...
+    The model's own ranges were checked on its tensors; this guards the indices that the
+    estimator derives from them. A list attribute's range applies to every item unless
+    ``name.i`` has its own.
     """
-    if isinstance(value, np.ndarray) and value.dtype != object:
-        return {name: value}
-    if isinstance(value, (list, tuple)) and value:
-        if all(isinstance(v, np.ndarray) and v.dtype != object for v in value):
-            return {f"{name}.{i}": v for i, v in enumerate(value)}
-    return None
-
-
-def integer_ranges(est, model) -> dict:
-    """Declared [low, high) of integer tensors: the model's, then the fitted arrays'.
-
-    A list attribute's range applies to every item unless ``name.i`` has its own.
-    """
-    ranges = dict(getattr(model, "integer_ranges", dict)())
     declared = est._integer_ranges()
-    for name, value in public_fitted(est).items():
-        for part in array_parts(name, value) or {}:
-            if part in declared or name in declared:
-                ranges[FITTED_PREFIX + part] = declared.get(part, declared.get(name))
-    return ranges
+    for name, value in vars(est).items():
+        if not name.endswith("_") or name.startswith("_"):
+            continue
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            part = f"{name}.{i}" if isinstance(value, list) else name
+            bounds = declared.get(part, declared.get(name))
+            if isinstance(item, np.ndarray) and item.dtype.kind in "iub" and bounds is not None:
+                check_range(item, f"{WEIGHTS_FILE}: fitted {part} (from the weights)", *bounds)
 
 
-def restore_fitted(est, fitted: dict, header, reader: TensorReader, model) -> None:
-    """Check the stored fitted attributes against the recomputed ones, then keep them."""
-    derived = {k: v for k, v in public_fitted(est).items() if k not in BASE_FITTED}
-    parts = {}  # safetensors name -> (attribute, recomputed array)
-    for name, value in derived.items():
-        for part, ref in (array_parts(name, value) or {}).items():
-            parts[FITTED_PREFIX + part] = (name, ref)
-    stored = {n for n in header.tensors if n.startswith(FITTED_PREFIX)}
-    if stored != parts.keys():
-        refuse(
-            WEIGHTS_FILE, f"fitted arrays {sorted(stored)} differ from the expected {sorted(parts)}"
-        )
-    in_arrays = {name for name, _ in parts.values()}
-    optional = frozenset({"feature_names_in_"})
-    check_keys(
-        fitted, f"{CONFIG_FILE} fitted", set(BASE_FITTED) | (derived.keys() - in_arrays), optional
-    )
-    for name in sorted(derived.keys() - in_arrays):
-        ref, where = derived[name], f"{CONFIG_FILE} fitted.{name}"
-        value = coerce(fitted[name], type(to_json_value(ref, where)), where)
-        if not agrees(np.asarray(value), np.asarray(ref)):
-            refuse(where, f"{value!r} disagrees with {ref!r}, which the weights imply")
-        setattr(est, name, value)
-    ranges, arrays = integer_ranges(est, model), {}
-    for part, (_, ref) in sorted(parts.items()):
-        arrays[part] = reader.read(part, ref.dtype, ref.shape, ranges)
-        if not agrees(arrays[part], ref):
-            refuse(f"{WEIGHTS_FILE} tensor {part!r}", "disagrees with the values the weights imply")
-    for name in in_arrays:
-        ref = derived[name]
-        if isinstance(ref, np.ndarray):
-            setattr(est, name, arrays[FITTED_PREFIX + name])
-        else:
-            setattr(
-                est, name, type(ref)(arrays[f"{FITTED_PREFIX}{name}.{i}"] for i in range(len(ref)))
-            )
-    if "feature_names_in_" in fitted:
-        where = f"{CONFIG_FILE} fitted.feature_names_in_"
-        names = coerce(fitted["feature_names_in_"], list[str], where)
-        if len(names) != est.n_features_in_:
-            refuse(where, f"has {len(names)} names for {est.n_features_in_} features")
-        est.feature_names_in_ = np.asarray(names, dtype=object)
-
-
-def undeclared_integers(est, model, tensors: dict) -> list[str]:
-    """Integer tensors about to be saved whose valid range nobody declared."""
-    ranges = integer_ranges(est, model)
+def undeclared_integers(model, tensors: dict) -> list[str]:
+    """Integer tensors about to be saved whose valid range the model does not declare."""
+    ranges = getattr(model, "integer_ranges", dict)()
     return sorted(n for n, a in tensors.items() if a.dtype.kind in "iub" and n not in ranges)
-
-
-def agrees(stored: np.ndarray, ref: np.ndarray) -> bool:
-    if ref.dtype.kind != "f":
-        return np.array_equal(stored, ref)
-    scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
-    return np.allclose(stored, ref, rtol=FITTED_RTOL, atol=FITTED_RTOL * scale)
