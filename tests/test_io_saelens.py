@@ -16,6 +16,19 @@ from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder
 from sklearn_hsae.datasets import make_hierarchical_activations
 from sklearn_hsae.io import export_saelens
 
+TREE = dict(
+    architecture="tree", n_levels=3, n_parents=4, n_children=2, k=2, max_iter=2, batch_size=64
+)
+TREES = {  # every level a full SAE: TopK, or JumpReLU for sparsity="l0"
+    "tree-topk-global": lambda: HierarchicalSparseAutoencoder(**TREE, random_state=0),
+    "tree-l0-global-f64": lambda: HierarchicalSparseAutoencoder(
+        **TREE, sparsity="l0", dtype="float64", random_state=1
+    ),
+    "tree-l0-unit": lambda: HierarchicalSparseAutoencoder(
+        **TREE, sparsity="l0", normalize="unit", random_state=0
+    ),
+}
+
 
 @pytest.fixture(scope="module")
 def X():
@@ -24,7 +37,8 @@ def X():
 
 @pytest.fixture(scope="module")
 def fitted(X):
-    return {name: make().fit(X) for name, make in MODELS.items() if "names" not in name}
+    makers = {**{n: m for n, m in MODELS.items() if "names" not in n}, **TREES}
+    return {name: make().fit(X) for name, make in makers.items()}
 
 
 def _saelens_encode(cfg, w, X):
@@ -81,6 +95,71 @@ def test_export_saelens_refuses_levels_without_a_flat_form(fitted, tmp_path):
         export_saelens(object(), tmp_path)
     assert not any(tmp_path.iterdir())
 
+
+@pytest.mark.parametrize("name", list(TREES))
+@pytest.mark.parametrize("level", [1, 2])
+def test_export_saelens_tree_level_encodes_like_ours(name, level, fitted, X, tmp_path):
+    """Each exported tree level, applied as SAELens would, picks our latents row by row."""
+    est = fitted[name]
+    export_saelens(est, tmp_path, level=level)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    w = load_file(tmp_path / "sae_weights.safetensors")
+    width = 4 * 2**level
+    assert cfg["architecture"] == ("jumprelu" if est.sparsity == "l0" else "topk")
+    assert (cfg["d_in"], cfg["d_sae"]) == (16, width) and w["W_enc"].shape == (16, width)
+    assert cfg.get("k") == (None if est.sparsity == "l0" else 2)
+    ours = est.encode(X).levels[level]
+    theirs = _saelens_encode(cfg, w, X)
+    for row in range(len(X)):
+        picked = ours.indices[ours.indptr[row] : ours.indptr[row + 1]]
+        np.testing.assert_array_equal(np.flatnonzero(theirs[row]), picked, err_msg=f"row {row}")
+    assert ours.nnz > len(X)  # not a trivially empty code
+    dense = ours.toarray()
+    if est.normalize == "unit":  # SAELens reports unit-norm units, we report input units
+        dense = dense / np.linalg.norm(X, axis=1, keepdims=True)
+    np.testing.assert_allclose(theirs, dense, rtol=1e-4, atol=1e-4 * np.abs(dense).max())
+
+
+def test_export_saelens_level_names_and_indices_agree(fitted, tmp_path):
+    est = fitted["tree-topk-global"]
+    for alias, index in (("parent", 0), ("child", 1), (np.int64(2), 2)):
+        export_saelens(est, tmp_path / str(alias), level=alias)
+        export_saelens(est, tmp_path / f"{index}-int", level=index)
+        a = load_file(tmp_path / str(alias) / "sae_weights.safetensors")
+        b = load_file(tmp_path / f"{index}-int" / "sae_weights.safetensors")
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+        np.testing.assert_array_equal(a["W_dec"], est.components_by_level_[index])
+
+
+BAD_LEVELS = {  # estimator -> (bad levels, the valid choices the message must name)
+    "tree-topk-global": (
+        [3, -1, "grandchild", 1.5, True, None],
+        "0 (or 'parent'), 1 (or 'child'), 2",
+    ),
+    "hsae-unit-f64": ([2, -1, "level1", True], "0 (or 'parent')"),
+    "sae-topk": ([1, "child", -1, 0.0], "0 (or 'parent')"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_LEVELS)
+def test_export_saelens_bad_levels_name_the_valid_choices(name, fitted, tmp_path):
+    levels, valid = BAD_LEVELS[name]
+    for level in levels:
+        with pytest.raises(ValueError, match="levels with a SAELens form") as info:
+            export_saelens(fitted[name], tmp_path, level=level)
+        message = str(info.value)
+        assert message.endswith(f"are {valid}."), message
+        assert f"level={level!r}" in message and "Config" not in message, message
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_saelens_refuses_routed_children_with_the_reason(fitted, tmp_path):
+    for level in (1, "child"):
+        with pytest.raises(ValueError) as info:
+            export_saelens(fitted["hsae-unit-f64"], tmp_path, level=level)
+        message = str(info.value)
+        assert "private subspace" in message and "not a flat SAE" in message
+        assert "Config" not in message and "0 (or 'parent')" in message
 
 
 @pytest.mark.filterwarnings(
