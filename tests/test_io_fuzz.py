@@ -27,6 +27,8 @@ from model_files import (
     forge_header,
     forge_raw,
     read_model,
+    safetensors_bytes_from_text,
+    signed_metadata,
     split_safetensors,
     write_raw,
 )
@@ -372,6 +374,17 @@ def header_cases(files):
     for label, bad in bad_entries.items():
         yield f"header {label}", write({**header, name: bad})
     yield "header overlap", write({**header, "dup": dict(entry)})
+    # JSON text the library parses itself: a repeated key. A repeated __metadata__ is
+    # refused; of a repeated tensor name the last entry counts, here one with an extra
+    # axis (the same bytes, so only the shape check against the model can refuse it).
+    signed = json.dumps({**header, "__metadata__": signed_metadata(config)})
+    wrong = json.dumps({**entry, "shape": [1, *entry["shape"]]})
+    for label, text in (
+        ("metadata twice", '{"__metadata__": {"format": "pt"}, ' + signed[1:]),
+        ("tensor named twice", signed[:-1] + f', "{name}": {wrong}' + "}"),
+    ):
+        blob = safetensors_bytes_from_text(text) + data
+        yield f"header {label}", lambda path, blob=blob: write_raw(path, config, blob)
     yield "header gap", write(header, data + b"\0" * 8)
     yield "header is a list", write([1, 2], sign=False)
     for meta in (
