@@ -190,14 +190,20 @@ def test_saelens_reads_our_export(tmp_path):
             n_components=48, k=5, activation="batchtopk", matryoshka_prefixes=[12, 24]
         ),
     }
-    for name, est in models.items():
+    tree = dict(architecture="tree", n_levels=3, n_parents=16, n_children=2, k=4)
+    trees = {  # (estimator, level): a tree's finer levels are full SAEs too
+        "tree-topk-level2": (HierarchicalSparseAutoencoder(**tree), 2),
+        "tree-l0-level1": (HierarchicalSparseAutoencoder(**tree, sparsity="l0"), 1),
+    }
+    levels = {**{name: (est, 0) for name, est in models.items()}, **trees}
+    for name, (est, level) in levels.items():
         est.set_params(max_iter=3, batch_size=256, random_state=0).fit(X)
-        export_saelens(est, tmp_path / name)
+        export_saelens(est, tmp_path / name, level=level)
         sae = sae_lens.SAE.load_from_disk(tmp_path / name)
         with torch.no_grad():
             x = torch.tensor(X, dtype=sae.dtype)
             acts, recon = sae.encode(x).numpy(), sae(x).numpy()
-        ours = _our_top_level(est, X)
+        ours = est.encode(X).levels[level] if level else _our_top_level(est, X)
         active = [np.flatnonzero(row) for row in acts]
         mismatched = sum(
             not np.array_equal(a, ours.indices[ours.indptr[i] : ours.indptr[i + 1]])
@@ -209,7 +215,9 @@ def test_saelens_reads_our_export(tmp_path):
             dense = dense / np.linalg.norm(X, axis=1, keepdims=True)
         np.testing.assert_allclose(acts, dense, rtol=1e-5, atol=1e-5 * np.abs(dense).max())
         # SAELens reconstructs from this level alone: for the H-SAE the parents-only x_hat.
-        if isinstance(est, HierarchicalSparseAutoencoder):
+        if getattr(est, "architecture", None) == "tree":
+            expected = ours @ est.components_by_level_[level] + est.intercept_by_level_[level]
+        elif isinstance(est, HierarchicalSparseAutoencoder):
             expected = ours @ est.parent_components_ + est.intercept_
         else:
             expected = est.inverse_transform(ours)
