@@ -9,7 +9,6 @@ FORMAT_VERSION = 2
 """2: fitted arrays derived from the weights are recomputed on load, not stored.
 1 (sklearn_hsae 0.1.0.dev0): stored every fitted array as ``fitted.<name>`` tensors."""
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-FITTED_PREFIX = "fitted."  # version 1's name for stored fitted arrays; no model state uses it
 # Machine-local parameters a file never carries: where this machine writes checkpoints.
 LOCAL_PARAMS = frozenset({"checkpoint_dir"})
 ESTIMATORS = {cls.__name__: cls for cls in (HierarchicalSparseAutoencoder, SparseAutoencoder)}
