@@ -1,4 +1,4 @@
-"""Read and forge ``sklearn_hsae.io`` model directories byte by byte, for the io tests.
+"""The io tests' small models, and readers and forgers of model directories byte by byte.
 
 A forger here plays the hostile author: it recomputes every hash so that a file reaches
 the structural checks instead of failing on the checksum.
@@ -12,9 +12,40 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from sklearn_hsae._io_checks import sha256
+from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder
+from sklearn_hsae.datasets import make_hierarchical_activations
+from sklearn_hsae.io._files import sha256
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
+HSAE = dict(n_parents=8, n_children=3, subspace_dim=2, k=2, max_iter=2, batch_size=64)
+SAE = dict(n_components=12, k=3, max_iter=2, batch_size=64)
+MODELS = {
+    "hsae-global-f32-names": lambda: HierarchicalSparseAutoencoder(**HSAE, random_state=0),
+    "hsae-unit-f64": lambda: HierarchicalSparseAutoencoder(
+        **HSAE, normalize="unit", dtype="float64", random_state=1
+    ),
+    "hsae-none-randomstate": lambda: HierarchicalSparseAutoencoder(
+        **HSAE, normalize=None, random_state=np.random.RandomState(7)
+    ),
+    "sae-topk": lambda: SparseAutoencoder(**SAE, random_state=0),
+    "sae-batchtopk-matryoshka-unit": lambda: SparseAutoencoder(
+        **SAE, activation="batchtopk", matryoshka_prefixes=[3, 6], normalize="unit", random_state=0
+    ),
+}
+
+
+def activations() -> np.ndarray:
+    """(400, 16) synthetic activations, not already unit-scaled, so folding the scale matters."""
+    X, *_ = make_hierarchical_activations(
+        n_samples=400,
+        n_features=16,
+        n_parents=6,
+        n_children=3,
+        subspace_dim=2,
+        n_active=2,
+        random_state=0,
+    )
+    return X * 3.0 + 0.5
 
 
 def read_model(path):
@@ -30,9 +61,14 @@ def split_safetensors(blob: bytes):
 
 def safetensors_bytes(header: dict, data: bytes) -> bytes:
     """A safetensors file from a header dict (any content) and raw data."""
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + data
+    return safetensors_bytes_from_text(json.dumps(header)) + data
+
+
+def safetensors_bytes_from_text(text: str) -> bytes:
+    """The length and header of a safetensors file from the header's JSON text, verbatim."""
+    raw = text.encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
 
 
 def signed_metadata(config_bytes: bytes) -> dict:

@@ -1,10 +1,12 @@
-"""sklearn_hsae.io: bitwise round trips, the file layout, refusals, and the SAELens export."""
+"""sklearn_hsae.io save and load: bitwise round trips, the file layout and refusals."""
 
 import ast
+import importlib
 import inspect
 import json
 import os
 import pickle
+import pkgutil
 import resource
 
 import joblib
@@ -12,48 +14,33 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from model_files import CONFIG, WEIGHTS, forge, forge_header, read_model, split_safetensors
-from safetensors.numpy import load_file
+from model_files import (
+    CONFIG,
+    HSAE,
+    MODELS,
+    WEIGHTS,
+    activations,
+    forge,
+    forge_header,
+    read_model,
+    safetensors_bytes_from_text,
+    signed_metadata,
+    split_safetensors,
+    write_raw,
+)
 from sklearn.exceptions import NotFittedError
 
-import sklearn_hsae._io_checks
-import sklearn_hsae._io_state
-import sklearn_hsae._saelens
+import sklearn_hsae.io._load
 from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder, io
 from sklearn_hsae._config import MODEL_CONFIGS
-from sklearn_hsae._io_checks import coerce
-from sklearn_hsae.datasets import make_hierarchical_activations
-from sklearn_hsae.io import InvalidModelFileError, export_saelens, load, save
-
-HSAE = dict(n_parents=8, n_children=3, subspace_dim=2, k=2, max_iter=2, batch_size=64)
-SAE = dict(n_components=12, k=3, max_iter=2, batch_size=64)
-MODELS = {
-    "hsae-global-f32-names": lambda: HierarchicalSparseAutoencoder(**HSAE, random_state=0),
-    "hsae-unit-f64": lambda: HierarchicalSparseAutoencoder(
-        **HSAE, normalize="unit", dtype="float64", random_state=1
-    ),
-    "hsae-none-randomstate": lambda: HierarchicalSparseAutoencoder(
-        **HSAE, normalize=None, random_state=np.random.RandomState(7)
-    ),
-    "sae-topk": lambda: SparseAutoencoder(**SAE, random_state=0),
-    "sae-batchtopk-matryoshka-unit": lambda: SparseAutoencoder(
-        **SAE, activation="batchtopk", matryoshka_prefixes=[3, 6], normalize="unit", random_state=0
-    ),
-}
+from sklearn_hsae.io import InvalidModelFileError, load, save
+from sklearn_hsae.io._format import BASE_FITTED, FORMAT_VERSION
+from sklearn_hsae.io._json import coerce
 
 
 @pytest.fixture(scope="module")
 def X():
-    X, *_ = make_hierarchical_activations(
-        n_samples=400,
-        n_features=16,
-        n_parents=6,
-        n_children=3,
-        subspace_dim=2,
-        n_active=2,
-        random_state=0,
-    )
-    return X * 3.0 + 0.5  # not already unit-scaled, so folding the scale matters
+    return activations()
 
 
 def inputs(est, X):
@@ -141,19 +128,18 @@ def test_file_layout(fitted, tmp_path):
         "fitted",
         "sha256",
     ]
-    assert (doc["format"], doc["format_version"]) == ("sklearn_hsae", 1)
+    assert (doc["format"], doc["format_version"]) == ("sklearn_hsae", 2)
     assert doc["estimator"] == "HierarchicalSparseAutoencoder"
     assert doc["params"] == est.get_params()
     assert doc["config"]["type"] == "RoutedConfig"
     assert doc["config"]["fields"]["n_parents"] == 8 and doc["config"]["fields"]["aux_k"] == 8
     assert doc["fitted"]["feature_names_in_"] == [f"f{i}" for i in range(16)]
     assert doc["fitted"]["scale_"] == est.scale_ and doc["fitted"]["n_steps_"] == 2 * 7
-    fitted_arrays = {"parent_components_", "child_components_", "child_parent_", "intercept_"}
-    fitted_arrays |= {f"{n}.{i}" for n in ("components_by_level_", "parent_index_by_level_") for i in (0, 1)}
-    assert set(tensors) == set(est._model_state) | {f"fitted.{n}" for n in fitted_arrays}
-    assert (
-        tensors["W_down"].shape == (8, 2, 16) and tensors["fitted.child_parent_"].dtype == np.int64
-    )
+    # Only what the weights do not imply: components_, child_parent_, ... are recomputed.
+    assert set(doc["fitted"]) == set(BASE_FITTED) | {"feature_names_in_", "l0_"}
+    assert doc["fitted"]["l0_"] == est.l0_ and len(est.l0_) == 2
+    assert set(tensors) == set(est._model_state)
+    assert tensors["W_down"].shape == (8, 2, 16) and tensors["tokens_since_fired"].dtype == np.int64
     assert set(doc["sha256"]) == set(tensors)
     header, _ = split_safetensors((tmp_path / WEIGHTS).read_bytes())
     assert header["__metadata__"]["format"] == "sklearn_hsae"
@@ -162,7 +148,12 @@ def test_file_layout(fitted, tmp_path):
 def test_io_modules_use_no_pickle():
     """No unpickler is imported or called by the io modules (checked on their syntax tree)."""
     unpicklers = {"pickle", "joblib", "cloudpickle", "dill", "marshal", "shelve"}
-    for module in (io, sklearn_hsae._io_checks, sklearn_hsae._io_state, sklearn_hsae._saelens):
+    modules = [io] + [
+        importlib.import_module(f"sklearn_hsae.io.{info.name}")
+        for info in pkgutil.iter_modules(io.__path__)
+    ]
+    assert len(modules) >= 5
+    for module in modules:
         tree = ast.parse(inspect.getsource(module))
         imported = {
             alias.name.split(".")[0]
@@ -278,7 +269,7 @@ def _set(path, value):
 
 
 EDITS = {
-    "format_version": (_set("format_version", 2), "format_version 2 is newer than this"),
+    "format_version": (_set("format_version", 3), "format_version 3 is newer than this"),
     "class name": (_set("estimator", "LinearRegression"), "'LinearRegression' is not one of"),
     "params k=0": (_set("params.k", 0), "params: The 'k' parameter"),
     "params k > n_parents": (_set("params.k", 9), "k=9 active parents cannot exceed"),
@@ -298,17 +289,13 @@ EDITS = {
     ),
     "NaN": (lambda d, t: t["b_enc"].__setitem__(3, np.nan), "'b_enc': holds 1 NaN"),
     "missing tensor": (lambda d, t: t.pop("D_child"), "missing \\['D_child'\\]"),
-    "child index out of range": (
-        lambda d, t: t["fitted.child_parent_"].__setitem__(0, 8),
-        "child_parent_': values span \\[0, 8\\], outside the valid range \\[0, 8\\)",
-    ),
     "negative counter": (
         lambda d, t: t["tokens_since_fired"].__setitem__(0, -1),
         "'tokens_since_fired': values span \\[-1, .*\\[0, inf\\)",
     ),
-    "inconsistent fitted array": (
-        lambda d, t: t["fitted.parent_components_"].__imul__(2),
-        "parent_components_': disagrees with the values the weights imply",
+    "stored fitted array": (  # format 1 stored them; now the weights alone decide
+        lambda d, t: t.update({"fitted.parent_components_": t["W_dec"] * 2}),
+        "unexpected \\['fitted.parent_components_'\\]",
     ),
     "fitted scalar": (_set("fitted.colour_", 1), "unexpected key\\(s\\) \\['colour_'\\]"),
 }
@@ -320,6 +307,85 @@ def test_load_names_the_problem(edit, fitted, tmp_path):
     path = _edit(tmp_path, fitted, "hsae-global-f32-names", change)
     with pytest.raises(InvalidModelFileError, match=message):
         load(path)
+
+
+def test_a_tree_parent_index_out_of_range_is_refused(X, tmp_path):
+    """The tree stores its parent links in the weights: the model's declared ranges guard them."""
+    est = HierarchicalSparseAutoencoder(
+        architecture="tree", n_levels=3, n_parents=3, n_children=2, k=2, max_iter=1, random_state=0
+    ).fit(X)
+    save(est, tmp_path)
+    doc, tensors = read_model(tmp_path)
+    tensors["levels.2.parent_index"][0] = 6  # level 1 has 6 features: one past the last
+    forge(tmp_path, doc, tensors)
+    with pytest.raises(
+        InvalidModelFileError,
+        match="'levels.2.parent_index': values span \\[-?\\d+, 6\\], outside the valid "
+        "range \\[-1, 6\\)",
+    ):
+        load(tmp_path)
+
+
+def test_a_format_1_file_is_refused_with_the_way_out(fitted, tmp_path):
+    """Format 1 also stored the derived arrays; this version reads neither it nor them."""
+    save(fitted["sae-topk"], tmp_path)
+    doc, tensors = read_model(tmp_path)
+    doc["format_version"] = 1
+    tensors["fitted.components_"] = tensors["W_dec"]  # as format 1 wrote it
+    forge(tmp_path, doc, tensors)
+    with pytest.raises(InvalidModelFileError) as info:
+        load(tmp_path)
+    assert str(info.value) == (
+        f"config.json: format_version 1 is older than this sklearn_hsae reads; refit and save "
+        f"the model again, or load it with sklearn_hsae {doc['package_version']}, which wrote "
+        f"it (this version reads {FORMAT_VERSION})"
+    )
+    assert FORMAT_VERSION == 2
+
+
+def test_the_l0_statistic_is_stored_and_checked(fitted, X, tmp_path):
+    """l0_ (mean active latents per row of every level) is a training statistic, not a
+    function of the weights: it travels in config.json when the estimator has one."""
+    est = twin(fitted["hsae-unit-f64"])
+    est.l0_ = [2.0, 1.75]
+    save(est, tmp_path)
+    doc, tensors = read_model(tmp_path)
+    assert doc["fitted"]["l0_"] == [2.0, 1.75]
+    assert load(tmp_path).l0_ == [2.0, 1.75]
+    without = twin(fitted["hsae-unit-f64"])
+    del without.l0_  # a fit interrupted before its first epoch ended has none
+    save(without, tmp_path / "without")
+    assert "l0_" not in read_model(tmp_path / "without")[0]["fitted"]
+    assert not hasattr(load(tmp_path / "without"), "l0_")
+    for bad in ([2.0], [2.0, -0.5], [2.0, "x"]):
+        doc["fitted"]["l0_"] = bad
+        forge(tmp_path, doc, tensors)
+        with pytest.raises(InvalidModelFileError, match="fitted.l0_"):
+            load(tmp_path)
+
+
+def test_header_forms_the_library_reads_as_the_same_tensors_load(fitted, X, tmp_path):
+    """The safetensors library, not a parser of ours, reads the header: an unknown field in
+    an entry, an entry written as a list and a repeated name (the last one counts) describe
+    the very same tensors, so the model loads unchanged."""
+    est = fitted["sae-topk"]
+    save(est, tmp_path)
+    config = (tmp_path / CONFIG).read_bytes()
+    header, data = split_safetensors((tmp_path / WEIGHTS).read_bytes())
+    header.pop("__metadata__")
+    entry = header["W_enc"]
+    forms = {
+        "unknown field": {**header, "W_enc": {**entry, "mode": "eval"}},
+        "list": {**header, "W_enc": [entry["dtype"], entry["shape"], entry["data_offsets"]]},
+    }
+    for form, new_header in forms.items():
+        forge_header(tmp_path, config, new_header, data)
+        assert (load(tmp_path).transform(X) != est.transform(X)).nnz == 0, form
+    # JSON text with W_enc twice: the first, transposed entry is overridden by the second.
+    signed = json.dumps({**header, "__metadata__": signed_metadata(config)})
+    text = '{"W_enc": ' + json.dumps({**entry, "shape": [16, 12]}) + ", " + signed[1:]
+    write_raw(tmp_path, config, safetensors_bytes_from_text(text) + data)
+    assert (load(tmp_path).transform(X) != est.transform(X)).nnz == 0
 
 
 def test_checksums_catch_accidental_damage(fitted, tmp_path):
@@ -355,7 +421,7 @@ def test_missing_and_odd_files(fitted, tmp_path):
 def test_an_oversized_config_is_refused_unread(fitted, tmp_path, monkeypatch):
     save(fitted["sae-topk"], tmp_path)
     size = (tmp_path / CONFIG).stat().st_size
-    monkeypatch.setattr(io, "MAX_JSON_BYTES", size - 1)
+    monkeypatch.setattr(sklearn_hsae.io._load, "MAX_JSON_BYTES", size - 1)
     with pytest.raises(InvalidModelFileError, match=f"larger than the {size - 1}-byte limit"):
         load(tmp_path)
 
@@ -375,18 +441,21 @@ def test_giant_size_claims_are_refused_before_allocating(fitted, tmp_path):
     header, data = split_safetensors((tmp_path / WEIGHTS).read_bytes())
     header.pop("__metadata__")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    begin, end = header["W_enc"]["data_offsets"]
     claims = {  # 4 TiB claimed by a ~2 kB file, consistent and inconsistent with its offsets
-        "consistent": {"dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [0, 2**42]},
-        "short": {"dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [0, 768]},
+        "consistent": {
+            "dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [begin, begin + 2**42]
+        },
+        "short": {"dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [begin, end]},
     }
-    for claim, message in zip(
-        claims.values(), ["gap or overlap", "needs 4398046511104"], strict=True
-    ):
+    # The safetensors library refuses both: the claimed ranges do not tile the bytes on disk.
+    messages = ["invalid offset|not fully covered", "invalid shape, data type, or offset"]
+    for claim, message in zip(claims.values(), messages, strict=True):
         forge_header(tmp_path, config, {**header, "W_enc": claim}, data)
-        with pytest.raises(InvalidModelFileError, match=message):
+        with pytest.raises(InvalidModelFileError, match=f"^{WEIGHTS}: .*({message})"):
             load(tmp_path)
     (tmp_path / WEIGHTS).write_bytes((2**63).to_bytes(8, "little") + b"{}")
-    with pytest.raises(InvalidModelFileError, match="header claims 9223372036854775808 bytes"):
+    with pytest.raises(InvalidModelFileError, match=f"^{WEIGHTS}: .*header too large"):
         load(tmp_path)
     save(fitted["sae-topk"], tmp_path)
     doc, tensors = read_model(tmp_path)
@@ -432,9 +501,11 @@ def test_every_architecture_round_trips(architecture, X, tmp_path):
         np.testing.assert_array_equal(loaded._model_state[key], value)
 
 
-def test_lists_of_arrays_and_their_index_ranges_persist(fitted, X, tmp_path, monkeypatch):
-    """A per-level fitted attribute (list of arrays, as a multi-level model may export)
-    is stored item by item and range-checked through the estimator's hook."""
+def test_lists_of_arrays_are_recomputed_and_their_index_ranges_checked(
+    X, tmp_path, monkeypatch
+):
+    """A per-level fitted attribute (a list of arrays, as a multi-level model may export)
+    is not stored but recomputed on load, and range-checked through the estimator's hook."""
     cls = HierarchicalSparseAutoencoder
     export = cls._export_fitted
 
@@ -449,14 +520,16 @@ def test_lists_of_arrays_and_their_index_ranges_persist(fitted, X, tmp_path, mon
     )
     est = cls(**HSAE, random_state=0).fit(X)
     save(est, tmp_path)
-    assert {"fitted.level_parent_.0", "fitted.level_parent_.1"} <= set(read_model(tmp_path)[1])
+    doc, tensors = read_model(tmp_path)
+    assert "level_parent_" not in doc["fitted"] and set(tensors) == set(est._model_state)
     loaded = load(tmp_path)
     assert isinstance(loaded.level_parent_, list) and len(loaded.level_parent_) == 2
     np.testing.assert_array_equal(loaded.level_parent_[1], np.arange(8) % 3)
-    doc, tensors = read_model(tmp_path)
-    tensors["fitted.level_parent_.1"][2] = 3  # one past the last valid parent
-    forge(tmp_path, doc, tensors)
-    with pytest.raises(InvalidModelFileError, match="level_parent_.1'.*valid range \\[-1, 3\\)"):
+    # Weights that imply an index one past the last valid parent are refused.
+    monkeypatch.setattr(
+        cls, "_integer_ranges", lambda self: {**ranges(self), "level_parent_.1": (-1, 2)}
+    )
+    with pytest.raises(InvalidModelFileError, match="level_parent_.1 .*valid range \\[-1, 2\\)"):
         load(tmp_path)
 
 
@@ -480,116 +553,6 @@ def test_every_model_config_field_type_is_checkable(cls):
     for field, hint in typing.get_type_hints(cls).items():
         with pytest.raises(InvalidModelFileError, match=field):
             coerce({"not": "a value"}, hint, field)  # NotImplementedError would mean unchecked
-
-
-# --------------------------------------------------------------- SAELens
-def _saelens_encode(cfg, w, X):
-    """SAELens 6.x TopK / JumpReLU encode, as read from sae_lens/saes/*.py, in numpy."""
-    x = X.astype(np.float64)
-    if cfg["normalize_activations"] == "constant_norm_rescale":
-        x = x * np.sqrt(cfg["d_in"]) / np.linalg.norm(x, axis=1, keepdims=True)
-    pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
-    if cfg["architecture"] == "topk":
-        top = np.argsort(-pre, axis=1, kind="stable")[:, : cfg["k"]]
-        acts = np.zeros_like(pre)
-        np.put_along_axis(acts, top, np.maximum(np.take_along_axis(pre, top, 1), 0), 1)
-        return acts
-    return np.maximum(pre, 0) * (pre > w["threshold"])
-
-
-def _our_top_level(est, X):
-    return (
-        est.encode(X).parent if isinstance(est, HierarchicalSparseAutoencoder) else est.transform(X)
-    )
-
-
-@pytest.mark.parametrize("name", [n for n in MODELS if "names" not in n])
-def test_export_saelens_layout_and_encoding(name, fitted, X, tmp_path):
-    est = fitted[name]
-    kwargs = {"center_writing_weights": False}
-    metadata = {"hook_name": "blocks.0.hook_resid_post", "model_from_pretrained_kwargs": kwargs}
-    export_saelens(est, tmp_path, metadata=metadata)
-    cfg = json.loads((tmp_path / "cfg.json").read_text())
-    w = load_file(tmp_path / "sae_weights.safetensors")
-    batchtopk = getattr(est, "activation", "topk") == "batchtopk"
-    d_sae = est._config.n_parents if hasattr(est._config, "n_parents") else est.n_components
-    assert cfg["architecture"] == ("jumprelu" if batchtopk else "topk")
-    assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == (16, d_sae, est.dtype)
-    assert cfg["metadata"]["hook_name"] == "blocks.0.hook_resid_post"
-    assert cfg["metadata"]["model_from_pretrained_kwargs"] == kwargs
-    assert cfg["metadata"]["sae_lens_version"].startswith("6.")
-    assert w["W_enc"].shape == (16, d_sae) and w["W_dec"].shape == (d_sae, 16)
-    assert all(a.dtype == np.dtype(est.dtype) for a in w.values())
-    ours = _our_top_level(est, X).toarray()
-    theirs = _saelens_encode(cfg, w, X)
-    np.testing.assert_array_equal(theirs != 0, ours != 0)
-    if est.normalize == "unit":  # SAELens reports unit-norm units, we report input units
-        ours = ours / np.linalg.norm(X, axis=1, keepdims=True)
-    np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4 * np.abs(ours).max())
-
-
-def test_export_saelens_refuses_levels_without_a_flat_form(fitted, tmp_path):
-    with pytest.raises(ValueError, match="level='child' has no SAELens form"):
-        export_saelens(fitted["hsae-unit-f64"], tmp_path, level="child")
-    with pytest.raises(ValueError, match="metadata must hold JSON values only"):
-        export_saelens(fitted["sae-topk"], tmp_path, metadata={"when": object()})
-    with pytest.raises(TypeError, match="export_saelens\\(\\) exports"):
-        export_saelens(object(), tmp_path)
-    assert not any(tmp_path.iterdir())
-
-
-@pytest.mark.filterwarnings(
-    "ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning"
-)
-def test_saelens_reads_our_export(tmp_path):
-    """Needs sae_lens (the [saelens] extra), which `make test` does not install."""
-    sae_lens = pytest.importorskip("sae_lens")
-    X, *_ = make_hierarchical_activations(
-        n_samples=3000,
-        n_features=64,
-        n_parents=32,
-        n_children=4,
-        subspace_dim=3,
-        n_active=4,
-        random_state=0,
-    )
-    X = X * 37.0 + 5.0  # raw-looking activations: scale and offset
-    models = {
-        "hsae-global": HierarchicalSparseAutoencoder(
-            n_parents=32, n_children=4, subspace_dim=3, k=4
-        ),
-        "hsae-unit": HierarchicalSparseAutoencoder(
-            n_parents=32, n_children=4, subspace_dim=3, k=4, normalize="unit"
-        ),
-        "sae-topk-f64": SparseAutoencoder(n_components=48, k=5, dtype="float64", normalize=None),
-        "sae-batchtopk": SparseAutoencoder(
-            n_components=48, k=5, activation="batchtopk", matryoshka_prefixes=[12, 24]
-        ),
-    }
-    for name, est in models.items():
-        est.set_params(max_iter=3, batch_size=256, random_state=0).fit(X)
-        export_saelens(est, tmp_path / name)
-        sae = sae_lens.SAE.load_from_disk(tmp_path / name)
-        with torch.no_grad():
-            x = torch.tensor(X, dtype=sae.dtype)
-            acts, recon = sae.encode(x).numpy(), sae(x).numpy()
-        ours = _our_top_level(est, X)
-        active = [np.flatnonzero(row) for row in acts]
-        mismatched = sum(
-            not np.array_equal(a, ours.indices[ours.indptr[i] : ours.indptr[i + 1]])
-            for i, a in enumerate(active)
-        )
-        assert mismatched == 0, name
-        dense = ours.toarray()
-        if est.normalize == "unit":
-            dense = dense / np.linalg.norm(X, axis=1, keepdims=True)
-        np.testing.assert_allclose(acts, dense, rtol=1e-5, atol=1e-5 * np.abs(dense).max())
-        # SAELens reconstructs from this level alone: for the H-SAE the parents-only x_hat.
-        if isinstance(est, HierarchicalSparseAutoencoder):
-            expected = ours @ est.parent_components_ + est.intercept_
-        else:
-            expected = est.inverse_transform(ours)
-        np.testing.assert_allclose(recon, expected, rtol=1e-4, atol=1e-4 * np.abs(X).max())
 
 
 # -------------------------------------------------------------- properties
@@ -631,7 +594,7 @@ def test_random_valid_sizes_keep_shapes_dtypes_and_round_trip(tmp_path):
         X = (rng.normal(size=(n_samples, n_features)) * rng.uniform(0.1, 50)).astype(x_dtype)
         est.fit(X)
         Z = est.transform(X)
-        width = sum(est._level_widths())
+        width = est.components_.shape[0]
         assert Z.shape == (n_samples, width) and Z.dtype == x_dtype, (trial, est)
         assert np.isfinite(Z.data).all()
         R = est.inverse_transform(Z)

@@ -238,3 +238,14 @@ def test_auto_reparenting_runs_twenty_times_per_fit(monkeypatch, tmp_path):
     fixed = HierarchicalSparseAutoencoder(architecture="tree", n_parents=4, n_children=2, k=2,
                                           max_iter=1, batch_size=50, reparent_every=7).fit(X)
     assert fixed._config.reparent_every == 7
+
+
+def test_unit_scaling_keeps_every_level_bias_at_zero():
+    """normalize='unit' fixes the decoder bias at zero (the public intercepts assume it)."""
+    X, *_ = make_hierarchical_activations(n_samples=600, random_state=0)
+    est = HierarchicalSparseAutoencoder(architecture="tree", n_parents=6, n_children=2, k=2,
+                                        normalize="unit", max_iter=2, batch_size=100, random_state=0).fit(X)
+    for level in range(2):
+        assert not est._model_state[f"levels.{level}.b_dec"].any()
+    Z = est.transform(X)
+    np.testing.assert_allclose(est.inverse_transform(Z), Z[:, 6:] @ est.components_by_level_[1], atol=1e-12)

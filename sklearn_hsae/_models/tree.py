@@ -41,12 +41,12 @@ from .workspace import Workspace
 class _Level(nn.Module):
     """One SAE of the tree plus its link to the level above."""
 
-    def __init__(self, width, d, parent_width, l0, kw):
+    def __init__(self, width, d, parent_width, l0, fixed_bias, kw):
         super().__init__()
         self.W_enc = nn.Parameter(torch.empty(width, d, **kw))
         self.b_enc = nn.Parameter(torch.empty(width, **kw))
         self.W_dec = nn.Parameter(torch.empty(width, d, **kw))  # unit rows
-        self.b_dec = nn.Parameter(torch.empty(d, **kw))
+        self.b_dec = nn.Parameter(torch.empty(d, **kw), requires_grad=not fixed_bias)
         if l0:
             self.log_threshold = nn.Parameter(torch.empty(width, **kw))
         dev = kw["device"]
@@ -107,7 +107,7 @@ class TreeSAE(nn.Module):
         widths = config.widths
         l0 = config.sparsity == "l0"
         self.levels = nn.ModuleList(
-            _Level(w, config.n_features, widths[i - 1] if i else 0, l0, kw)
+            _Level(w, config.n_features, widths[i - 1] if i else 0, l0, config.fixed_decoder_bias, kw)
             for i, w in enumerate(widths)
         )
         self.register_buffer("loss_scale", torch.ones((), **kw))

@@ -1,45 +1,21 @@
-"""Strict readers behind ``sklearn_hsae.io``: bounded JSON, typed fields, safetensors headers.
+"""Strict JSON behind ``sklearn_hsae.io``: no duplicate keys, typed fields, the error type.
 
-Nothing here trusts its input. Every size is checked before anything of that size is
-allocated, every number is finite and fits in 64 bits, and every failure is an
+Nothing here trusts its input. Every number is finite and fits in 64 bits, every field
+has the JSON type its type hint asks for, and every failure is an
 ``InvalidModelFileError`` whose message starts with the file and field at fault.
 Only the standard library and numpy are used, so the checks run before torch sees a byte.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import stat
-import struct
 import types
 import typing
-from typing import NamedTuple
 
 import numpy as np
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-MAX_JSON_BYTES = 16 * 2**20  # config.json: parameters, scalars and one float per epoch
-MAX_HEADER_BYTES = 16 * 2**20  # a safetensors header lists names, shapes and offsets only
-
-# safetensors dtype codes we read, as little-endian numpy dtypes (bf16 has no numpy twin).
-ST_DTYPES = {
-    "BOOL": np.dtype("|b1"),
-    "U8": np.dtype("|u1"),
-    "I8": np.dtype("|i1"),
-    "I16": np.dtype("<i2"),
-    "U16": np.dtype("<u2"),
-    "F16": np.dtype("<f2"),
-    "I32": np.dtype("<i4"),
-    "U32": np.dtype("<u4"),
-    "F32": np.dtype("<f4"),
-    "I64": np.dtype("<i8"),
-    "U64": np.dtype("<u8"),
-    "F64": np.dtype("<f8"),
-}
-ST_CODES = {dtype: code for code, dtype in ST_DTYPES.items()}
 RANDOM_STATE_KEY = "numpy.random.RandomState"
 
 
@@ -76,34 +52,6 @@ def describe(value) -> str:
     """``int 3``, ``str 'two'``: the JSON type and a short repr, for error messages."""
     text = repr(value)
     return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
-
-
-def sha256(array: np.ndarray) -> str:
-    """SHA-256 of an array's bytes in C order, little-endian (the safetensors layout)."""
-    flat = np.ascontiguousarray(array).reshape(-1)
-    flat = flat.astype(flat.dtype.newbyteorder("<"), copy=False)
-    return hashlib.sha256(flat.view(np.uint8).data).hexdigest()
-
-
-def regular_file_size(path: os.PathLike, where: str) -> int:
-    """Size of a regular file; FIFOs, devices and directories are refused (no hang)."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        refuse(where, "the file is missing")
-    if not stat.S_ISREG(info.st_mode):
-        refuse(where, "is not a regular file")
-    return info.st_size
-
-
-def read_bounded(path: os.PathLike, where: str, limit: int) -> bytes:
-    if regular_file_size(path, where) > limit:
-        refuse(where, f"is larger than the {limit}-byte limit")
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        refuse(where, f"is larger than the {limit}-byte limit")
-    return data
 
 
 # ------------------------------------------------------------------ JSON
@@ -268,84 +216,3 @@ def param_from_json(value, where: str):
     rng = np.random.RandomState()
     rng.set_state(state)
     return rng
-
-
-# ----------------------------------------------------------- safetensors
-class TensorEntry(NamedTuple):
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    begin: int
-    """Offset of the first byte after the header."""
-    end: int
-
-
-class Header(NamedTuple):
-    tensors: dict[str, TensorEntry]
-    metadata: dict[str, str]
-
-
-def read_safetensors_header(path: os.PathLike, where: str) -> Header:
-    """Parse and check a safetensors header without reading any tensor data.
-
-    The layout is ``u64 little-endian N | N bytes of JSON | data``. Every entry's byte
-    range must match its dtype and shape, and the ranges must tile the data exactly, so
-    no shape claimed by the header can exceed the bytes actually on disk.
-    """
-    size = regular_file_size(path, where)
-    if size < 8:
-        refuse(where, f"is truncated: {size} bytes, shorter than the 8-byte header length")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > min(size - 8, MAX_HEADER_BYTES):
-            refuse(
-                where,
-                f"header claims {n} bytes but the file has {size - 8} after "
-                f"the length (limit {MAX_HEADER_BYTES})",
-            )
-        raw = f.read(n)
-    if len(raw) != n:
-        refuse(where, "is truncated inside the header")
-    header = strict_json(raw, f"{where} header")
-    metadata = json_object(
-        json_object(header, f"{where} header").pop("__metadata__", {}), f"{where} __metadata__"
-    )
-    for key, value in metadata.items():
-        if type(value) is not str:
-            refuse(f"{where} __metadata__[{key!r}]", f"must be a string, got {describe(value)}")
-    tensors = {name: _entry(body, f"{where} tensor {name!r}") for name, body in header.items()}
-    position = 0
-    for name, entry in sorted(tensors.items(), key=lambda item: (item[1].begin, item[1].end)):
-        if entry.begin != position:
-            refuse(
-                f"{where} tensor {name!r}",
-                f"starts at byte {entry.begin}, expected {position} (gap or overlap in the data)",
-            )
-        position = entry.end
-    if position != size - 8 - n:
-        refuse(
-            where,
-            f"data section has {size - 8 - n} bytes but the header describes "
-            f"{position} (truncated or padded file)",
-        )
-    return Header(tensors, metadata)
-
-
-def _entry(body, where: str) -> TensorEntry:
-    check_keys(body, where, {"dtype", "shape", "data_offsets"})
-    if body["dtype"] not in ST_DTYPES:
-        refuse(
-            where, f"unknown dtype {describe(body['dtype'])}; expected one of {sorted(ST_DTYPES)}"
-        )
-    dtype = ST_DTYPES[body["dtype"]]
-    shape = coerce(body["shape"], tuple[int, ...], f"{where} shape")
-    begin, end = coerce(body["data_offsets"], tuple[int, int], f"{where} data_offsets")
-    if min(shape, default=0) < 0 or not 0 <= begin <= end:
-        refuse(where, f"negative size in shape {shape} or data_offsets {[begin, end]}")
-    n_bytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
-    if end - begin != n_bytes:
-        refuse(
-            where,
-            f"shape {shape} of {body['dtype']} needs {n_bytes} bytes, "
-            f"data_offsets give {end - begin}",
-        )
-    return TensorEntry(dtype, shape, begin, end)
