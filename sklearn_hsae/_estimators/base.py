@@ -165,9 +165,23 @@ class BaseSparseAutoencoder(FittingMixin, ClassNamePrefixFeaturesOutMixin, Trans
                 stack.add(block)
         return [stack.result(dtype) for stack in stacks]
 
-    def _encode(self, X) -> list:
+    def encode(self, X):
+        """Codes of X, one CSR matrix per level, coarsest first.
+
+        Parameters
+        ----------
+        X : array-like or torch.Tensor of shape (n_samples, n_features)
+            Activations to encode, in blocks of ``batch_size`` rows.
+
+        Returns
+        -------
+        codes : HierarchicalCodes or SparseCodes
+            ``codes.levels``: every level's CSR; ``scipy.sparse.hstack(codes.levels)``
+            is ``transform(X)``. The hierarchical estimator's codes also name
+            ``levels[0]`` and ``levels[1]`` as ``codes.parent`` and ``codes.child``.
+        """
         check_is_fitted(self)
-        return self._encode_levels(self._check_X(X, reset=False))
+        return self._codes(self._encode_levels(self._check_X(X, reset=False)))
 
     @property
     def _n_features_out(self) -> int:

@@ -47,10 +47,8 @@ class SparseAutoencoder(BaseSparseAutoencoder):
     normalize : {"global", "unit"} or None, default="global"
         Input scaling, as in :class:`HierarchicalSparseAutoencoder`.
     device : str or torch.device, default="auto"
-        Where to train and encode: ``"auto"`` (CUDA when available), ``"cpu"``,
-        ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a ``torch.device``. Inputs may be numpy
-        arrays, memmaps or torch tensors on any device (float16 / bfloat16 tensors are
-        read as float32); outputs are always numpy / scipy.
+        Where to train and encode, as in :class:`HierarchicalSparseAutoencoder` (whose
+        docstring also gives the accepted input types).
     dtype : {"float32", "float64"}, default="float32"
         Compute dtype of the torch core.
     random_state : int, RandomState instance or None, default=None
@@ -60,10 +58,8 @@ class SparseAutoencoder(BaseSparseAutoencoder):
     warm_start : bool, default=False
         Start ``fit`` from the previous solution instead of a new initialisation.
     checkpoint_dir : str, path or None, default=None
-        Where ``fit`` keeps a checkpoint (model, optimizer, schedule, data order),
-        written atomically at the end of every epoch, every ``checkpoint_every`` steps
-        and on Ctrl-C. A ``fit`` with the same parameters and data finds it and
-        resumes; on CPU the result is bitwise identical to an uninterrupted fit.
+        Where ``fit`` keeps a checkpoint for exact resumption, as in
+        :class:`HierarchicalSparseAutoencoder`.
     checkpoint_every : int or None, default=None
         Also checkpoint every this many optimiser steps.
 
@@ -168,17 +164,5 @@ class SparseAutoencoder(BaseSparseAutoencoder):
         super()._export_fitted(model, reuse)
         self.threshold_ = float(self._model_state["threshold"])
 
-    def encode(self, X) -> SparseCodes:
-        """Codes of X as the one level of a flat dictionary.
-
-        Parameters
-        ----------
-        X : array-like or torch.Tensor of shape (n_samples, n_features)
-            Activations.
-
-        Returns
-        -------
-        codes : SparseCodes
-            ``codes.levels == [transform(X)]``.
-        """
-        return SparseCodes(self._encode(X))
+    def _codes(self, levels: list) -> SparseCodes:
+        return SparseCodes(levels)

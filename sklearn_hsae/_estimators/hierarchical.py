@@ -296,21 +296,7 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     def _integer_ranges(self) -> dict:
         return {**super()._integer_ranges(), "child_parent_": (-1, self.n_parents)}
 
-    def encode(self, X) -> HierarchicalCodes:
-        """Codes of X, one CSR matrix per level.
-
-        Parameters
-        ----------
-        X : array-like or torch.Tensor of shape (n_samples, n_features)
-            Activations.
-
-        Returns
-        -------
-        codes : HierarchicalCodes
-            ``codes.levels`` (every level, coarsest first); ``codes.parent`` and
-            ``codes.child`` are ``levels[0]`` and ``levels[1]``.
-        """
-        levels = self._encode(X)
+    def _codes(self, levels: list) -> HierarchicalCodes:
         return HierarchicalCodes(levels[0], levels[1], levels)
 
 

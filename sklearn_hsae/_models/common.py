@@ -102,6 +102,17 @@ class SAEModel(Protocol):
         components when given, so a caller can update its arrays in place."""
 
 
+class SAEBase(nn.Module):
+    """Defaults of the interface that most models share: nothing to do at the end of a
+    fit, and one gradient-clipping group."""
+
+    def on_fit_end(self) -> None:
+        pass
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        return [list(self.parameters())]
+
+
 def level_l0(values: list[Tensor]) -> Tensor:
     """(n_levels,) mean number of nonzero codes per row of each level, detached."""
     return torch.stack([(v.detach() != 0).sum(dim=1).to(v.dtype).mean() for v in values])

@@ -17,23 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import (
-    Codes,
-    Dictionary,
-    LossOutput,
-    auxk_loss,
-    geometric_median,
-    level_l0,
-    normalize_rows_,
-    pre_activations,
-    remove_parallel_grad_,
-    sparse_decode,
-    topk_select,
+    Codes, Dictionary, LossOutput, SAEBase, auxk_loss, geometric_median, level_l0,
+    normalize_rows_, pre_activations, remove_parallel_grad_, sparse_decode, topk_select,
     update_dead_counter_,
 )
 from .workspace import Workspace
 
 
-class FlatSAE(nn.Module):
+class FlatSAE(SAEBase):
     """Encoder, unit-row decoder, biases; TopK / BatchTopK selection; no training logic."""
 
     cumulative: ClassVar[bool] = True  # one level: either reading holds
@@ -146,11 +137,6 @@ class FlatSAE(nn.Module):
     def after_optimizer_step(self) -> None:
         normalize_rows_(self.W_dec)
 
-    def on_fit_end(self) -> None:
-        pass
-
-    def clip_groups(self) -> list:
-        return [list(self.parameters())]
 
     @torch.no_grad()
     def dictionary(self, out: list[Tensor] | None = None) -> Dictionary:

@@ -20,21 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import (
-    Codes,
-    Dictionary,
-    Encoded,
-    LossOutput,
-    auxk_loss,
-    bi_orthogonality,
-    geometric_median,
-    level_l0,
-    normalize_rows_,
-    pre_activations,
-    remove_parallel_grad_,
-    sparse_decode,
-    spread_unit_vectors,
-    topk_select,
-    update_dead_counter_,
+    Codes, Dictionary, Encoded, LossOutput, SAEBase, auxk_loss, bi_orthogonality,
+    geometric_median, level_l0, normalize_rows_, pre_activations, remove_parallel_grad_,
+    sparse_decode, spread_unit_vectors, topk_select, update_dead_counter_,
 )
 from .grouped import make_route, routed_down, routed_up
 from .workspace import Workspace
@@ -67,7 +55,7 @@ class _Internals(NamedTuple):
     child_pre_active: Tensor  # (n_tiles, T, C) child pre-activations of active experts
 
 
-class RoutedSAE(nn.Module):
+class RoutedSAE(SAEBase):
     """Parameters and forward pass of the routed H-SAE; no training logic."""
 
     cumulative: ClassVar[bool] = True  # x_hat = parents' reconstruction + children's
@@ -227,11 +215,6 @@ class RoutedSAE(nn.Module):
         normalize_rows_(self.W_dec)
         normalize_rows_(self.D_child)
 
-    def on_fit_end(self) -> None:
-        pass
-
-    def clip_groups(self) -> list:
-        return [list(self.parameters())]
 
     # ------------------------------------------------------------- exports
     @torch.no_grad()

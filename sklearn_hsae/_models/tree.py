@@ -21,18 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import (
-    Codes,
-    Dictionary,
-    LossOutput,
-    auxk_loss,
-    geometric_median,
-    level_l0,
-    normalize_rows_,
-    pre_activations,
-    remove_parallel_grad_,
-    sparse_decode,
-    topk_select,
-    update_dead_counter_,
+    Codes, Dictionary, LossOutput, auxk_loss, geometric_median, level_l0, normalize_rows_,
+    pre_activations, remove_parallel_grad_, sparse_decode, topk_select, update_dead_counter_,
 )
 from .jumprelu import count_active, jump_relu
 from .workspace import Workspace

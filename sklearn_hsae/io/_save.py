@@ -14,16 +14,8 @@ from .. import __version__
 from ._checks import config_from_json, undeclared_integers
 from .._training.checkpoint import atomic_write
 from ._files import ST_CODES, file_sha256, sha256
-from ._format import (
-    BASE_FITTED,
-    CONFIG_FILE,
-    ESTIMATORS,
-    FORMAT,
-    FORMAT_VERSION,
-    LOCAL_PARAMS,
-    OPTIONAL_FITTED,
-    WEIGHTS_FILE,
-)
+from ._format import BASE_FITTED, CONFIG_FILE, ESTIMATORS, FORMAT, FORMAT_VERSION, LOCAL_PARAMS
+from ._format import OPTIONAL_FITTED, WEIGHTS_FILE
 from ._json import to_json_value
 
 
