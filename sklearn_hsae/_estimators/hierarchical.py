@@ -13,13 +13,14 @@ import scipy.sparse as sp
 from sklearn.base import clone
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from .._config import RoutedConfig, TreeConfig
-from .._models import RoutedSAE, TreeSAE
+from .._config import NestedConfig, RoutedConfig, TreeConfig
+from .._models import NestedSAE, RoutedSAE, TreeSAE
 from .base import BaseSparseAutoencoder
 
 ARCHITECTURES = {
     "routed": (RoutedConfig, RoutedSAE),
     "tree": (TreeConfig, TreeSAE),
+    "nested": (NestedConfig, NestedSAE),
 }
 """``architecture`` -> (config class, model class)."""
 
