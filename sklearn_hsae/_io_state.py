@@ -114,7 +114,8 @@ def base_fitted(fitted: dict) -> dict:
         if name not in fitted:
             refuse(where, "is missing")
         values[name] = coerce(fitted[name], hint, where)
-        if low is not None and not values[name] > low - (hint is int):
+        items = values[name] if isinstance(values[name], list) else [values[name]]
+        if low is not None and not all(v > low - (hint is int) for v in items):
             refuse(where, f"must be {'>=' if hint is int else '>'} {low}, got {values[name]}")
     return values
 
