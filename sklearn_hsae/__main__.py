@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="fit a HierarchicalSparseAutoencoder and save it")
     fit.add_argument("activations", help="X.npy or a directory written by `extract`")
     fit.add_argument("--out", required=True, help="model directory (sklearn_hsae.io format)")
-    fit.add_argument("--architecture", choices=("routed", "tree"), default="routed")
+    fit.add_argument("--architecture", choices=("routed", "tree", "nested"), default="routed")
     fit.add_argument("--n-parents", type=int, default=1024)
     fit.add_argument("--n-children", type=int, default=16)
     fit.add_argument("--subspace-dim", type=int, default=4)
