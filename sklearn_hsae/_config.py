@@ -264,8 +264,38 @@ def matryoshka_widths(given, n: int) -> tuple[int, ...]:
     return (*widths, n)
 
 
+def level_widths(p: Mapping, architecture: str) -> tuple[int, ...]:
+    """``n_parents * n_children ** l`` for every level of a tree-shaped architecture;
+    refuses fewer than two levels and a ``k`` above the first level's width."""
+    if p["n_levels"] < 2:
+        raise ValueError(f"architecture={architecture!r} needs n_levels >= 2, got {p['n_levels']}.")
+    widths = tuple(p["n_parents"] * p["n_children"] ** level for level in range(p["n_levels"]))
+    if p["k"] > widths[0]:
+        raise ValueError(
+            f"k={p['k']} active features per level cannot exceed the first level's width "
+            f"n_parents={p['n_parents']}."
+        )
+    return widths
+
+
+class _Levels:
+    """What configs of levels ``widths`` (tree, nested) share: names and the TopK width."""
+
+    widths: tuple[int, ...]
+
+    @property
+    def lr_width(self) -> int:
+        """The latents the first TopK selects from: the first level."""
+        return self.widths[0]
+
+    def feature_names(self, prefix: str) -> list[str]:
+        """``level{l}_{i}``: feature i of level l."""
+        return [f"{prefix}_level{level}_{i}" for level, width in enumerate(self.widths)
+                for i in range(width)]
+
+
 @dataclass(frozen=True)
-class TreeConfig:
+class TreeConfig(_Levels):
     """The tree HSAE of Luo et al. (paper 2): one full SAE per level, tied parent -> child."""
 
     n_features: int
@@ -302,26 +332,10 @@ class TreeConfig:
     """Multiplicative step of the L0 coefficient when L0 leaves the trajectory (not given
     in paper 2; our choice)."""
 
-    @property
-    def lr_width(self) -> int:
-        return self.widths[0]
-
-    def feature_names(self, prefix: str) -> list[str]:
-        """``level{l}_{i}``: feature i of level l."""
-        return [f"{prefix}_level{level}_{i}" for level, width in enumerate(self.widths)
-                for i in range(width)]
-
     @classmethod
     def from_params(cls, p: Mapping, n_features: int, n_samples: int,
                     total_steps: int | None = None) -> TreeConfig:
-        if p["n_levels"] < 2:
-            raise ValueError(f"architecture='tree' needs n_levels >= 2, got {p['n_levels']}.")
-        widths = tuple(p["n_parents"] * p["n_children"] ** level for level in range(p["n_levels"]))
-        if p["k"] > widths[0]:
-            raise ValueError(
-                f"k={p['k']} active features per level cannot exceed the first level's width "
-                f"n_parents={p['n_parents']}."
-            )
+        widths = level_widths(p, "tree")
         return cls(
             n_features=n_features,
             widths=widths,
@@ -347,7 +361,7 @@ def _allocation_schedule(total_steps: int | None) -> tuple[int, int, int]:
 
 
 @dataclass(frozen=True)
-class NestedConfig:
+class NestedConfig(_Levels):
     """Tree SAE of Cao et al. (paper 3): one TopK dictionary in nested, cumulative levels."""
 
     n_features: int
@@ -375,30 +389,14 @@ class NestedConfig:
     fixed_decoder_bias: bool = False
     """Keep ``b_dec`` at zero (for unit-norm inputs)."""
 
-    @property
-    def lr_width(self) -> int:
-        return self.widths[0]
-
-    def feature_names(self, prefix: str) -> list[str]:
-        """``level{l}_{i}``: feature i of level l."""
-        return [f"{prefix}_level{level}_{i}" for level, width in enumerate(self.widths)
-                for i in range(width)]
-
     @classmethod
     def from_params(cls, p: Mapping, n_features: int, n_samples: int,
                     total_steps: int | None = None) -> NestedConfig:
-        if p["n_levels"] < 2:
-            raise ValueError(f"architecture='nested' needs n_levels >= 2, got {p['n_levels']}.")
+        widths = level_widths(p, "nested")
         if p["sparsity"] != "topk":
             raise ValueError(
                 f"architecture='nested' selects every level by TopK, got sparsity={p['sparsity']!r}; "
                 "sparsity='l0' needs architecture='tree'."
-            )
-        widths = tuple(p["n_parents"] * p["n_children"] ** level for level in range(p["n_levels"]))
-        if p["k"] > widths[0]:
-            raise ValueError(
-                f"k={p['k']} active features per level cannot exceed the first level's width "
-                f"n_parents={p['n_parents']}."
             )
         dead = dead_tokens(n_samples, p["batch_size"])
         first, largest, reset = _allocation_schedule(total_steps)
