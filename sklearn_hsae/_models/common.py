@@ -145,6 +145,17 @@ def normalize_rows_(weight: Tensor, eps: float = 1e-12) -> None:
 
 
 @torch.no_grad()
+def tied_init_(W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, generator: torch.Generator | None) -> None:
+    """Random unit decoder rows drawn from ``generator``, the encoder their transpose
+    and a zero encoder bias (Gao et al.'s initialisation); W_enc, W_dec: (m, d)."""
+    decoder = torch.randn(W_dec.shape, generator=generator, dtype=W_dec.dtype)
+    normalize_rows_(decoder)
+    W_dec.copy_(decoder)
+    W_enc.copy_(decoder)
+    b_enc.zero_()
+
+
+@torch.no_grad()
 def remove_parallel_grad_(weight: Tensor) -> None:
     """Drop the gradient component along each row of ``weight`` (last axis).
 

@@ -65,6 +65,7 @@ from .common import (
     pre_activations,
     remove_parallel_grad_,
     sparse_decode,
+    tied_init_,
     topk_select,
     update_dead_counter_,
 )
@@ -92,7 +93,7 @@ def masked_topk(enc: Encoded, allowed: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     pre = enc.pre.detach().masked_fill(~allowed, float("-inf"))  # (B, w)
     indices = torch.topk(pre, k, dim=-1, sorted=False).indices  # (B, k)
-    return F.relu(enc.select(indices)) * allowed.gather(1, indices), indices
+    return F.relu(enc.select(indices)) * allowed.gather(1, indices), indices  # (B, k) each
 
 
 def greedy_quotas(capacity: Tensor, n_children: int, eligible: Tensor) -> Tensor:
@@ -139,6 +140,7 @@ def move_dead_children(slots: Tensor, dead: Tensor, quotas: Tensor) -> Tensor:
     dead_ids = torch.nonzero(dead).squeeze(1)  # (n_dead,) ascending
     dead_ids = dead_ids[torch.argsort(slots[dead_ids], stable=True)]  # grouped by slot
     slot = slots[dead_ids]  # (n_dead,) sorted
+    # Rank of each dead child among its parent's: position minus where its group starts.
     rank = torch.arange(len(slot), device=slot.device) - torch.searchsorted(slot, slot)
     offers = dead_ids[rank < surplus[slot]]
     places = torch.repeat_interleave(torch.arange(len(quotas), device=slot.device), deficit)
@@ -196,11 +198,7 @@ class NestedSAE(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         for level in self.levels:
-            decoder = torch.randn(level.W_dec.shape, generator=generator, dtype=level.W_dec.dtype)
-            normalize_rows_(decoder)
-            level.W_dec.copy_(decoder)
-            level.W_enc.copy_(decoder)  # encoder = decoder transpose
-            level.b_enc.zero_()
+            tied_init_(level.W_enc, level.b_enc, level.W_dec, generator)
             level.tokens_since_fired.zero_()
             if level.parent_width:  # balanced start: n_children children per parent
                 width = level.parent_index.shape[0]
