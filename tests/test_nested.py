@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV
 
 from sklearn_hsae import HierarchicalSparseAutoencoder
 from sklearn_hsae._config import NestedConfig, TrainConfig
@@ -321,6 +323,22 @@ def test_a_reallocated_tree_survives_save_and_load(tmp_path):
     for a, b in zip(loaded.encode(X).levels, est.encode(X).levels):
         assert (a != b).nnz == 0
     assert loaded.score(X) == est.score(X)
+
+
+def test_the_three_architectures_swap_in_a_grid_search(small_tree):
+    X = small_tree[0][:1200]
+    base = HierarchicalSparseAutoencoder(n_parents=6, n_children=2, subspace_dim=2, k=2,
+                                         max_iter=2, batch_size=100, random_state=0)
+    grid = {"architecture": ["routed", "tree", "nested"]}
+    search = GridSearchCV(base, grid, cv=2).fit(X)
+    scores = search.cv_results_["mean_test_score"]
+    assert len(scores) == 3 and np.all(np.isfinite(scores))
+    for architecture in grid["architecture"]:
+        est = clone(base).set_params(architecture=architecture).fit(X)
+        codes = est.encode(X)
+        assert [lv.shape for lv in codes.levels] == [(1200, 6), (1200, 12)]
+        assert est.child_parent_.shape == (12,) and len(est.l0_) == 2
+        assert est.transform(X).shape == (1200, 18)
 
 
 def test_nested_refuses_settings_of_other_architectures():
