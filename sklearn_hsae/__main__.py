@@ -205,8 +205,8 @@ def _fit_parser(sub):
     _add(fit, "activations", help="X.npy, or a directory written by `extract`")
     _add(fit, "--out", metavar="DIR", required=True,
          help="model directory to write (sklearn_hsae.io format)")
-    _add(fit, "--architecture", choices=("routed", "tree"), default="routed",
-         help="routed H-SAE (Muchane et al. 2025) or tree HSAE (Luo et al. 2026)")
+    _add(fit, "--architecture", choices=("routed", "tree", "nested"), default="routed",
+         help="routed H-SAE (Muchane et al. 2025), tree HSAE (Luo et al. 2026) or nested Tree SAE (Cao et al. 2026)")
     _add(fit, "--n-parents", type=int, default=1024,
          help="width of the parent dictionary (the model's n_parents)")
     _add(fit, "--n-children", type=int, default=16, help="children per parent")

@@ -3,9 +3,9 @@
 The estimators build these from ``get_params()`` inside ``fit`` with each class's
 ``from_params``; the models and the training loop take them instead of loose keyword
 arguments. Every derived value (``aux_k`` from ``n_features``, the dead-latent window
-from the data size, the re-parenting period and the warm-up from the step count, the
-automatic learning rate from the dictionary width) is decided here, once, and every
-size check speaks in its own architecture's terms.
+from the data size, the re-parenting period, the allocation schedule and the warm-up
+from the step count, the automatic learning rate from the dictionary width) is decided
+here, once, and every size check speaks in its own architecture's terms.
 
 This module imports nothing from the package: it sits below the estimators and beside
 the models, which read these dataclasses but never import them.
@@ -27,6 +27,12 @@ _STREAM_REPARENT_EVERY = 5000
 """Paper 2's re-parenting period, for ``partial_fit`` whose length is unknown."""
 _STREAM_WARMUP = 100
 """Warm-up steps of ``partial_fit``, whose total length is unknown."""
+_TREE_SAE_STEPS = 97_657
+"""Length of Tree SAE's released runs (paper 3's code: 500M tokens in batches of 5,120)."""
+_TREE_SAE_SCHEDULE = (3000, 10_000, 50_000)
+"""Paper 3's code: first reallocation, largest interval, root reset (steps of its runs)."""
+_ELIGIBLE_TOKENS = 50_000
+"""Paper 3's code: a parent receives children only if it fired within this many tokens."""
 
 
 def dead_tokens(n_samples: int, batch_size: int) -> int:
@@ -273,8 +279,48 @@ def matryoshka_widths(given, n: int) -> tuple[int, ...]:
     return (*widths, n)
 
 
+def level_widths(p: Mapping, architecture: str) -> tuple[int, ...]:
+    """``n_parents * n_children ** l`` for every level of a tree-shaped architecture;
+    refuses fewer than two levels and a ``k`` above the first level's width."""
+    if p["n_levels"] < 2:
+        raise ValueError(f"architecture={architecture!r} needs n_levels >= 2, got {p['n_levels']}.")
+    widths = tuple(p["n_parents"] * p["n_children"] ** level for level in range(p["n_levels"]))
+    if p["k"] > widths[0]:
+        raise ValueError(
+            f"k={p['k']} active features per level cannot exceed the first level's width "
+            f"n_parents={p['n_parents']}."
+        )
+    return widths
+
+
+class _Levels:
+    """What configs of levels ``widths`` (tree, nested) share: names, the TopK width and
+    the work per row."""
+
+    widths: tuple[int, ...]
+    n_features: int
+
+    @property
+    def lr_width(self) -> int:
+        """The latents the first TopK selects from: the first level."""
+        return self.widths[0]
+
+    @property
+    def work_per_row(self) -> int:
+        """Multiply-adds per row of a training step, roughly: every level's encoder."""
+        return 2 * self.n_features * sum(self.widths)
+
+    def fit_warnings(self) -> list[str]:
+        return []
+
+    def feature_names(self, prefix: str) -> list[str]:
+        """``level{l}_{i}``: feature i of level l."""
+        return [f"{prefix}_level{level}_{i}" for level, width in enumerate(self.widths)
+                for i in range(width)]
+
+
 @dataclass(frozen=True)
-class TreeConfig:
+class TreeConfig(_Levels):
     """The tree HSAE of Luo et al. (paper 2): one full SAE per level, tied parent -> child."""
 
     n_features: int
@@ -311,34 +357,10 @@ class TreeConfig:
     """Multiplicative step of the L0 coefficient when L0 leaves the trajectory (not given
     in paper 2; our choice)."""
 
-    @property
-    def lr_width(self) -> int:
-        return self.widths[0]
-
-    @property
-    def work_per_row(self) -> int:
-        """Multiply-adds per row of a training step, roughly: every level's encoder."""
-        return 2 * self.n_features * sum(self.widths)
-
-    def fit_warnings(self) -> list[str]:
-        return []
-
-    def feature_names(self, prefix: str) -> list[str]:
-        """``level{l}_{i}``: feature i of level l."""
-        return [f"{prefix}_level{level}_{i}" for level, width in enumerate(self.widths)
-                for i in range(width)]
-
     @classmethod
     def from_params(cls, p: Mapping, n_features: int, n_samples: int,
                     total_steps: int | None = None) -> TreeConfig:
-        if p["n_levels"] < 2:
-            raise ValueError(f"architecture='tree' needs n_levels >= 2, got {p['n_levels']}.")
-        widths = tuple(p["n_parents"] * p["n_children"] ** level for level in range(p["n_levels"]))
-        if p["k"] > widths[0]:
-            raise ValueError(
-                f"k={p['k']} active features per level cannot exceed the first level's width "
-                f"n_parents={p['n_parents']}."
-            )
+        widths = level_widths(p, "tree")
         return cls(
             n_features=n_features,
             widths=widths,
@@ -355,7 +377,72 @@ class TreeConfig:
         )
 
 
-MODEL_CONFIGS: dict[str, type] = {cls.__name__: cls for cls in (RoutedConfig, FlatConfig, TreeConfig)}
+def _allocation_schedule(total_steps: int | None) -> tuple[int, int, int]:
+    """Paper 3's (first reallocation, largest interval, root reset) in steps: its own
+    numbers when streaming, the same fractions of ``total_steps`` in ``fit``."""
+    if total_steps is None:
+        return _TREE_SAE_SCHEDULE
+    return tuple(max(1, round(total_steps * s / _TREE_SAE_STEPS)) for s in _TREE_SAE_SCHEDULE)
+
+
+@dataclass(frozen=True)
+class NestedConfig(_Levels):
+    """Tree SAE of Cao et al. (paper 3): one TopK dictionary in nested, cumulative levels."""
+
+    n_features: int
+    """Input dimension d."""
+    widths: tuple[int, ...]
+    """Width of every level, coarsest first (``n_parents * n_children ** l``)."""
+    k: int
+    """Active features per row and level, chosen among those whose parent is active."""
+    aux_coef: float = 1 / 32
+    """AuxK coefficient of every level (paper 3, Eq. 8); 0 turns it off."""
+    aux_k: tuple[int, ...] = ()
+    """Dead features AuxK may use per row, per level: :func:`aux_k` of the level's width."""
+    dead_tokens: int = _DEAD_TOKENS
+    """A feature that has not fired for this many training tokens counts as dead."""
+    eligible_tokens: int = _ELIGIBLE_TOKENS
+    """A parent receives children only if it fired within this many tokens."""
+    realloc_first: int = _TREE_SAE_SCHEDULE[0]
+    """Step of the first reallocation of dead children."""
+    realloc_growth: float = 2.0
+    """Factor of the reallocation interval after every reallocation (paper 3's code)."""
+    realloc_max: int = _TREE_SAE_SCHEDULE[1]
+    """Largest reallocation interval."""
+    root_reset_step: int = _TREE_SAE_SCHEDULE[2]
+    """Step at which every dead child joins the always-active root; allocation stops."""
+    fixed_decoder_bias: bool = False
+    """Keep ``b_dec`` at zero (for unit-norm inputs)."""
+
+    @classmethod
+    def from_params(cls, p: Mapping, n_features: int, n_samples: int,
+                    total_steps: int | None = None) -> NestedConfig:
+        widths = level_widths(p, "nested")
+        if p["sparsity"] != "topk":
+            raise ValueError(
+                f"architecture='nested' selects every level by TopK, got sparsity={p['sparsity']!r}; "
+                "sparsity='l0' needs architecture='tree'."
+            )
+        dead = dead_tokens(n_samples, p["batch_size"])
+        first, largest, reset = _allocation_schedule(total_steps)
+        return cls(
+            n_features=n_features,
+            widths=widths,
+            k=p["k"],
+            aux_coef=p["aux_coef"],
+            aux_k=tuple(aux_k(n_features, w) for w in widths),
+            dead_tokens=dead,
+            eligible_tokens=min(_ELIGIBLE_TOKENS, dead),
+            realloc_first=first,
+            realloc_max=largest,
+            root_reset_step=reset,
+            fixed_decoder_bias=p["normalize"] == "unit",
+        )
+
+
+MODEL_CONFIGS: dict[str, type] = {
+    cls.__name__: cls for cls in (RoutedConfig, FlatConfig, TreeConfig, NestedConfig)
+}
 """Model configurations ``sklearn_hsae.io`` may rebuild from a file, by class name.
 
 A file names its config type; only these are ever constructed. A new architecture adds

@@ -22,6 +22,8 @@ ESTIMATORS = {
     "routed": HierarchicalSparseAutoencoder(n_parents=6, n_children=3, subspace_dim=2, k=2, **COMMON),
     "tree4": HierarchicalSparseAutoencoder(architecture="tree", n_parents=3, n_children=2, n_levels=4,
                                            k=2, **COMMON),
+    "nested3": HierarchicalSparseAutoencoder(architecture="nested", n_parents=3, n_children=2,
+                                             n_levels=3, k=2, **COMMON),
 }
 
 
@@ -51,8 +53,8 @@ def test_one_loop_scores_every_estimator_on_torch_tensors(name):
     k = est.k
     for trained, measured in zip(est.l0_, measured_l0):
         assert 0 < trained <= k + 1e-9 and abs(trained - measured) < 0.5 * k
-    if name == "routed":  # cumulative: the children add to the parents' reconstruction
-        assert ev[1] > ev[0]
+    if name in ("routed", "nested3"):  # cumulative: every level adds to those above it
+        assert all(a < b for a, b in zip(ev, ev[1:]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])

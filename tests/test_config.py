@@ -8,6 +8,7 @@ from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder
 from sklearn_hsae._config import (
     MODEL_CONFIGS,
     FlatConfig,
+    NestedConfig,
     RoutedConfig,
     TrainConfig,
     TreeConfig,
@@ -26,7 +27,7 @@ def test_every_field_has_a_docstring_in_the_source():
     """Each config field is documented right under it (the house rule for configs)."""
     import inspect
 
-    for cls in (RoutedConfig, FlatConfig, TreeConfig, TrainConfig):
+    for cls in (RoutedConfig, FlatConfig, TreeConfig, NestedConfig, TrainConfig):
         body = inspect.getsource(cls)
         for field in dataclasses.fields(cls):
             if field.name in ("adam_betas", "adam_eps"):
@@ -34,7 +35,7 @@ def test_every_field_has_a_docstring_in_the_source():
             line = next(l for l in body.splitlines() if l.strip().startswith(f"{field.name}:"))
             after = body.splitlines()[body.splitlines().index(line) + 1].strip()
             assert after.startswith('"""'), f"{cls.__name__}.{field.name} has no docstring"
-    assert set(MODEL_CONFIGS) == {"RoutedConfig", "FlatConfig", "TreeConfig"}
+    assert set(MODEL_CONFIGS) == {"RoutedConfig", "FlatConfig", "TreeConfig", "NestedConfig"}
 
 
 def test_derived_defaults():
@@ -64,6 +65,22 @@ def test_tree_config_reparents_twenty_times_per_fit():
     assert TreeConfig.from_params(params(est, reparent_every=7), 8, 100, 400).reparent_every == 7
 
 
+def test_nested_config_keeps_paper_3s_schedule_as_fractions_of_the_run():
+    est = HierarchicalSparseAutoencoder(architecture="nested", n_parents=4, n_children=3, n_levels=3,
+                                        k=2, batch_size=64)
+    # Paper 3's code: 3,000 / 10,000 / 50,000 of 97,657 steps.
+    config = NestedConfig.from_params(params(est), 8, 1000, total_steps=97_657 // 10)
+    assert config.widths == (4, 12, 36) and config.aux_k == (4, 4, 4) and config.lr_width == 4
+    assert (config.realloc_first, config.realloc_max, config.root_reset_step) == (300, 1000, 5000)
+    assert config.dead_tokens == 1000 and config.eligible_tokens == 1000  # at most the dead window
+    stream = NestedConfig.from_params(params(est), 8, 10**9, None)
+    assert (stream.realloc_first, stream.realloc_max, stream.root_reset_step) == (3000, 10_000, 50_000)
+    assert stream.dead_tokens == 10_000_000 and stream.eligible_tokens == 50_000
+    short = NestedConfig.from_params(params(est), 8, 1000, total_steps=3)
+    assert (short.realloc_first, short.realloc_max, short.root_reset_step) == (1, 1, 2)
+    assert config.feature_names("m")[4] == "m_level1_0"
+
+
 def test_train_config_warmup_and_streaming():
     assert TrainConfig.from_params(0.01, 64, 5000) == TrainConfig(0.01, 5000, 500)
     assert TrainConfig.from_params(0.01, 64, 50_000).warmup_steps == 1000
@@ -80,6 +97,10 @@ def test_train_config_warmup_and_streaming():
         (HierarchicalSparseAutoencoder(n_levels=3), r"architecture='routed' has exactly two levels"),
         (HierarchicalSparseAutoencoder(sparsity="l0"), r"sparsity='l0' needs architecture='tree'"),
         (HierarchicalSparseAutoencoder(architecture="tree", n_levels=1), r"needs n_levels >= 2"),
+        (HierarchicalSparseAutoencoder(architecture="nested", n_parents=8, k=11),
+         r"k=11 active features per level cannot exceed the first level's width n_parents=8"),
+        (HierarchicalSparseAutoencoder(architecture="nested", sparsity="l0"),
+         r"architecture='nested' selects every level by TopK.*needs architecture='tree'"),
         (SparseAutoencoder(n_components=8, k=9), r"k=9 cannot exceed n_components=8"),
     ],
 )

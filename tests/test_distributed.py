@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARAMS = {
     "routed": dict(n_parents=24, n_children=4, subspace_dim=3, k=3, beta=2.0),
     "tree": dict(architecture="tree", n_parents=24, n_children=4, k=3, reparent_every=50),
+    "nested": dict(architecture="nested", n_parents=24, n_children=4, k=3),
 }
 
 SCRIPT = textwrap.dedent("""

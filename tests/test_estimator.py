@@ -66,6 +66,15 @@ def test_extra_sklearn_checks(check):
     check("HierarchicalSparseAutoencoder", HierarchicalSparseAutoencoder(**SMALL))
 
 
+@pytest.mark.parametrize("normalize", ["global", "unit"])
+def test_check_estimator_passes_for_the_nested_architecture(normalize):
+    est = HierarchicalSparseAutoencoder(**SMALL, architecture="nested", n_levels=3, normalize=normalize)
+    results = check_estimator(est, on_fail=None)
+    bad = [(r["check_name"], r["status"], r["exception"]) for r in results if r["status"] != "passed"]
+    assert not bad
+    assert len(results) >= 45
+
+
 def test_check_estimator_with_default_parameters():
     results = check_estimator(HierarchicalSparseAutoencoder(max_iter=1), on_fail=None)
     assert [r["check_name"] for r in results if r["status"] != "passed"] == []

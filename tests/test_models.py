@@ -10,8 +10,9 @@ import inspect
 import pytest
 import torch
 
-from sklearn_hsae._config import FlatConfig, RoutedConfig, TreeConfig
-from sklearn_hsae._models import Codes, Dictionary, FlatSAE, LossOutput, RoutedSAE, SAEModel, TreeSAE
+from sklearn_hsae._config import FlatConfig, NestedConfig, RoutedConfig, TreeConfig
+from sklearn_hsae._models import (
+    Codes, Dictionary, FlatSAE, LossOutput, NestedSAE, RoutedSAE, SAEModel, TreeSAE)
 
 D = 10
 MODELS = {
@@ -20,6 +21,8 @@ MODELS = {
     "batchtopk": (FlatSAE, FlatConfig(n_features=D, n_latents=12, k=3, activation="batchtopk")),
     "tree": (TreeSAE, TreeConfig(n_features=D, widths=(3, 6, 12), k=2, reparent_every=1)),
     "tree_l0": (TreeSAE, TreeConfig(n_features=D, widths=(4, 8), k=2, sparsity="l0")),
+    "nested": (NestedSAE, NestedConfig(n_features=D, widths=(3, 6, 12), k=2, aux_k=(3, 5, 5),
+                                       realloc_first=1)),
 }
 
 

@@ -13,13 +13,14 @@ import scipy.sparse as sp
 from sklearn.base import clone
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from .._config import RoutedConfig, TreeConfig
-from .._models import RoutedSAE, TreeSAE
+from .._config import NestedConfig, RoutedConfig, TreeConfig
+from .._models import NestedSAE, RoutedSAE, TreeSAE
 from .base import BaseSparseAutoencoder
 
 ARCHITECTURES = {
     "routed": (RoutedConfig, RoutedSAE),
     "tree": (TreeConfig, TreeSAE),
+    "nested": (NestedConfig, NestedSAE),
 }
 """``architecture`` -> (config class, model class)."""
 
@@ -42,7 +43,7 @@ class HierarchicalCodes(NamedTuple):
 
 
 class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
-    """Hierarchical sparse autoencoder: routed (H-SAE) or tree (HSAE) architecture.
+    """Hierarchical sparse autoencoder: routed (H-SAE), tree (HSAE) or nested (Tree SAE).
 
     ``architecture="routed"`` is the H-SAE of Muchane et al. (2025): a TopK SAE picks k
     parents per sample; every active parent p projects the input into its own
@@ -62,12 +63,36 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     With ``rho=0`` and ``perturb_rate=0`` the levels train independently and the tree is
     assigned after training: the post-hoc baseline of paper 2 (:func:`posthoc_baseline`).
 
+    ``architecture="nested"`` is the Tree SAE of Cao et al. (2026): one TopK dictionary in
+    ``n_levels`` levels of widths ``n_parents * n_children ** l``, where every feature of
+    level l >= 1 has a parent in level l - 1 (or the always-active root, parent -1),
+    ``n_children`` per parent at the start. Level l takes its top
+    ``k`` only among the features whose parent fired in that row, so a child never fires
+    without its parent; the levels add up and every prefix reconstructs X on its own
+    (the loss sums their errors, as Matryoshka)::
+
+        x_hat_l = intercept_ + sum_{t <= l} codes.levels[t] @ components_by_level_[t]
+
+    During the first half of ``fit`` (paper 3's schedule, as fractions of the run) dead
+    children move, on a growing interval, to the parents with the most loss per child;
+    then the dead ones join the root and the tree stays fixed. ``inverse_transform(level=l)``
+    is that prefix; ``score`` uses all levels.
+
+    ===============  ===================  ======================  =====================
+    architecture     levels               a child fires           reconstruction
+    ===============  ===================  ======================  =====================
+    ``"routed"``     exactly 2            only with its parent    parents + children
+                                          (one per parent)
+    ``"tree"``       ``n_levels``         freely (tied by loss)   each level alone
+    ``"nested"``     ``n_levels``         only with its parent    levels 0..l add up
+    ===============  ===================  ======================  =====================
+
     Parameters
     ----------
     n_parents : int, default=1024
         Width of the parent dictionary.
     n_children : int, default=16
-        Children per parent.
+        Children per parent (nested: at the start; dead children move between parents).
     subspace_dim : int, default=4
         Dimension of each parent's private subspace in which its children live.
     k : int, default=32
@@ -76,14 +101,18 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         up to k children (up to 2k atoms). Tree: active features per row in *every*
         level (TopK), or the L0 target of every level (``sparsity="l0"``), so a row
         has up to ``k * n_levels`` nonzero codes in ``transform``, k in each level's
-        own reconstruction. The measured L0 of every level is ``l0_`` after fitting.
-    architecture : {"routed", "tree"}, default="routed"
+        own reconstruction. Nested: at most k features per row in every level, chosen
+        among those whose parent fired, so the L0 is at most ``k * n_levels`` and the
+        reconstruction of level l uses at most ``k * (l + 1)`` atoms (a level may use
+        fewer than k when few of its features have an active parent). The measured L0
+        of every level is ``l0_`` after fitting.
+    architecture : {"routed", "tree", "nested"}, default="routed"
         The hierarchical model to train.
     n_levels : int, default=2
-        Levels of the tree architecture (the routed one has exactly two).
+        Levels of the tree and nested architectures (the routed one has exactly two).
     sparsity : {"topk", "l0"}, default="topk"
         Tree only: TopK per level, or JumpReLU with an L0 penalty steered to ``k`` per
-        level by paper 2's controller.
+        level by paper 2's controller. The nested architecture needs ``"topk"``.
     rho : float, default=0.01
         Tree only: weight of the structural loss ``sum_p ||f_p - sum_{c in C(p)} f_c||^2``.
     perturb_rate : float, default=0.05
@@ -105,11 +134,14 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         ``"auto"`` is ``min(5e-3, 8e-4 / sqrt(n_parents / 2**14))``: the width scaling
         law of Gao et al. (2024) at four times their constant, which suits runs of
         thousands of steps (see the user guide's "Learning rate"); n_parents is the
-        width the TopK selects from (routed: the parents; tree: the first level).
+        width the TopK selects from (routed: the parents; tree and nested: the first
+        level).
     beta : float, default=0.1
         Routed only: weight of the parents-only reconstruction error (paper 1).
     aux_coef : float, default=1/32
         Weight of the AuxK loss that revives dead parents (Gao et al.); 0 disables it.
+        Tree and nested: every level has its own; nested: a dead feature may only
+        explain rows where its parent fires (paper 3, Eq. 8).
     l1_coef : float, default=0.0
         Routed only: L1 penalty on all parent and active-expert child pre-activations
         (paper 1 uses 1e-3; on the generator it helped tree recovery a little, on
@@ -158,7 +190,7 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         ``components_by_level_[1]``: every child's direction in input space.
     child_parent_ : ndarray of shape (n_parents * n_children,)
         ``parent_index_by_level_[1]``: parent of every child; -1 for children the tree
-        left unassigned.
+        left unassigned (nested: children of the always-active root).
     parent_index_by_level_ : list of ndarray
         Parent (in the level above) of every feature of every level; -1 = none (all of
         level 0).
@@ -166,7 +198,7 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         Decoder bias in input units of the model's reconstruction (tree: the finest
         level's).
     intercept_by_level_ : list of ndarray
-        Every level's decoder bias in input units (routed: the same bias twice).
+        Every level's decoder bias in input units (routed and nested: one bias, repeated).
     l0_ : list of float
         Measured mean nonzero codes per row of every level over the last epoch of
         ``fit`` (or the last ``partial_fit`` call).
@@ -195,6 +227,9 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     Y. Luo, Y. Zhan, Y. Jiang, et al. "From Atoms to Trees: Building a Structured Feature
     Forest with Hierarchical Sparse Autoencoders", arXiv:2602.11881, 2026.
 
+    T. M. Cao, H. X. Nhat, R. Alharbi, P. L. Nguyen, M. T. Thai. "Tree SAE: Learning
+    Hierarchical Feature Structures in Sparse Autoencoders", arXiv:2605.07922, 2026.
+
     Examples
     --------
     >>> from sklearn_hsae import HierarchicalSparseAutoencoder
@@ -208,6 +243,18 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     ((500, 24), (500, 96))
     >>> hsae.transform(X).shape
     (500, 120)
+
+    The nested architecture has the same fitted attributes and codes; its children fire
+    only where their parent does:
+
+    >>> nested = HierarchicalSparseAutoencoder(
+    ...     architecture="nested", n_parents=24, n_children=4, k=3, max_iter=2, random_state=0
+    ... ).fit(X)
+    >>> codes = nested.encode(X)
+    >>> child, parent = codes.child.toarray() != 0, codes.parent.toarray() != 0
+    >>> under = nested.child_parent_ >= 0
+    >>> bool((child[:, under] <= parent[:, nested.child_parent_[under]]).all())
+    True
     """
 
     _parameter_constraints: dict = {

@@ -7,7 +7,8 @@ per level (values, indices), the reconstruction and the per-level reconstruction
 
 from .common import Codes, Dictionary, LossOutput, SAEModel
 from .flat import FlatSAE
+from .nested import NestedSAE
 from .routed import RoutedSAE
 from .tree import TreeSAE
 
-__all__ = ["Codes", "Dictionary", "FlatSAE", "LossOutput", "RoutedSAE", "SAEModel", "TreeSAE"]
+__all__ = ["Codes", "Dictionary", "FlatSAE", "LossOutput", "NestedSAE", "RoutedSAE", "SAEModel", "TreeSAE"]

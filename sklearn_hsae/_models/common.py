@@ -156,6 +156,17 @@ def normalize_rows_(weight: Tensor, eps: float = 1e-12) -> None:
 
 
 @torch.no_grad()
+def tied_init_(W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, generator: torch.Generator | None) -> None:
+    """Random unit decoder rows drawn from ``generator``, the encoder their transpose
+    and a zero encoder bias (Gao et al.'s initialisation); W_enc, W_dec: (m, d)."""
+    decoder = torch.randn(W_dec.shape, generator=generator, dtype=W_dec.dtype)
+    normalize_rows_(decoder)
+    W_dec.copy_(decoder)
+    W_enc.copy_(decoder)
+    b_enc.zero_()
+
+
+@torch.no_grad()
 def remove_parallel_grad_(weight: Tensor) -> None:
     """Drop the gradient component along each row of ``weight`` (last axis).
 
@@ -170,12 +181,15 @@ def remove_parallel_grad_(weight: Tensor) -> None:
 
 
 def auxk_loss(
-    residual: Tensor, enc: Encoded, dead: Tensor, k_aux: int, decoder: Tensor
+    residual: Tensor, enc: Encoded, dead: Tensor, k_aux: int, decoder: Tensor,
+    allowed: Tensor | None = None,
 ) -> Tensor:
     """AuxK (Gao et al. 2024, Sec. A.2): dead latents try to explain the residual.
 
     residual: (B, d) the main reconstruction's error, detached by the caller;
-    enc: the encoder's pre-activations; dead: (m,) bool; decoder: (m, d).
+    enc: the encoder's pre-activations; dead: (m,) bool; decoder: (m, d); allowed:
+    optional (B, m) bool, where each latent may fire at all (Tree SAE: its parent is
+    active, paper 3 Eq. 8); elsewhere a dead latent is never picked.
     Normalised by ``||residual||^2`` so the term is scale-free, and damped by
     ``min(n_dead / k_aux, 1)`` as in sparsify so a few dead latents do not dominate.
     """
@@ -187,9 +201,14 @@ def auxk_loss(
     # at m = 34816 with 11 % of the latents dead (B = 4096, 2 CPU threads).
     dead_ids = torch.nonzero(dead).squeeze(1)  # (n_dead,)
     pre_dead = enc.pre.detach().index_select(1, dead_ids)  # (B, n_dead)
+    if allowed is not None:
+        allowed = allowed.index_select(1, dead_ids)  # (B, n_dead)
+        pre_dead = pre_dead.masked_fill(~allowed, float("-inf"))
     local = torch.topk(pre_dead, k_eff, dim=-1, sorted=False).indices  # (B, k_eff)
     indices = dead_ids[local]  # (B, k_eff) latent ids
     values = F.relu(enc.select(indices))
+    if allowed is not None:  # rows with fewer than k_eff allowed latents pick some others
+        values = values * allowed.gather(1, local)  # (B, k_eff)
     recon = sparse_decode(values, indices, decoder)  # (B, d)
     denom = residual.pow(2).sum().clamp_min(torch.finfo(residual.dtype).tiny)
     scale = min(n_dead / k_aux, 1.0)

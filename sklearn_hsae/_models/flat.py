@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .common import (
     Codes, Dictionary, LossOutput, SAEBase, auxk_loss, geometric_median, level_l0,
-    normalize_rows_, pre_activations, remove_parallel_grad_, sparse_decode, topk_select,
+    normalize_rows_, pre_activations, remove_parallel_grad_, sparse_decode, tied_init_, topk_select,
     update_dead_counter_,
 )
 from .workspace import Workspace
@@ -49,11 +49,7 @@ class FlatSAE(SAEBase):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        decoder = torch.randn(self.W_dec.shape, generator=generator, dtype=self.W_dec.dtype)
-        normalize_rows_(decoder)
-        self.W_dec.copy_(decoder)
-        self.W_enc.copy_(decoder)  # encoder = decoder transpose (Gao et al.)
-        self.b_enc.zero_()
+        tied_init_(self.W_enc, self.b_enc, self.W_dec, generator)
         self.b_dec.zero_()
         self.tokens_since_fired.zero_()
         self.loss_scale.fill_(1.0)

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from .common import (
     Codes, Dictionary, LossOutput, auxk_loss, geometric_median, level_l0, normalize_rows_,
-    pre_activations, remove_parallel_grad_, sparse_decode, topk_select, update_dead_counter_,
+    pre_activations, remove_parallel_grad_, sparse_decode, tied_init_, topk_select,
+    update_dead_counter_,
 )
 from .jumprelu import count_active, jump_relu
 from .workspace import Workspace
@@ -118,11 +119,7 @@ class TreeSAE(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         for level in self.levels:
-            decoder = torch.randn(level.W_dec.shape, generator=generator, dtype=level.W_dec.dtype)
-            normalize_rows_(decoder)
-            level.W_dec.copy_(decoder)
-            level.W_enc.copy_(decoder)  # encoder = decoder transpose
-            level.b_enc.zero_()
+            tied_init_(level.W_enc, level.b_enc, level.W_dec, generator)
             level.b_dec.zero_()
             level.tokens_since_fired.zero_()
             level.l0_coef.fill_(1e-3)
