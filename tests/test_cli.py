@@ -73,7 +73,7 @@ def test_synthetic_demo_prints_fvu_and_recovery(capsys):
     timed = re.findall(r"^   (.+): (\d+\.\d) s$", out, re.M)
     assert [name for name, _ in timed] == stages
     assert out.index("== fit ...") < out.index("H-SAE fit:") < out.index("   fit: ")
-    assert "fit:" in captured.err and "it/s" in captured.err  # the estimators' tqdm bar
+    assert "fit:" in captured.err and "step/s" in captured.err  # the estimators' tqdm bar
 
 
 def subcommands():

@@ -14,12 +14,8 @@ from sklearn.utils.estimator_checks import check_estimator
 
 from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder
 from sklearn_hsae.datasets import make_hierarchical_activations
-from sklearn_hsae.probing import (
-    SparseProbeSelector,
-    _split,
-    make_sparse_probe,
-    sparse_probe_scores,
-)
+from sklearn_hsae.probing import SparseProbeSelector, make_sparse_probe, sparse_probe_scores
+from sklearn_hsae.probing._scores import _split
 
 
 def sparse_codes(n, d, rng, density=0.1):
