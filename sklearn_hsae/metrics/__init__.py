@@ -20,6 +20,8 @@ from ._levels import code_levels, level_names
 from ._posthoc import posthoc_tree
 from ._probe_hierarchy import hierarchy_mcs, hierarchy_tree_structure
 from ._reconstruction import dead_fraction, dense_fraction, evaluate, feature_density, fvu, l0
+from ._scores import hierarchy_scores
+from ._splitting import feature_splitting
 from ._structure import composition, sibling_cooccurrence
 
 __all__ = [
@@ -30,10 +32,12 @@ __all__ = [
     "dense_fraction",
     "evaluate",
     "feature_density",
+    "feature_splitting",
     "first_letter_absorption",
     "fvu",
     "hierarchy_consistency",
     "hierarchy_mcs",
+    "hierarchy_scores",
     "hierarchy_tree_structure",
     "l0",
     "level_names",
