@@ -134,6 +134,8 @@ def test_flat_sae_gets_a_posthoc_tree(data):
             assert 0 <= scores[key] <= 1
     with pytest.raises(ValueError, match="A flat estimator gets a post-hoc tree"):
         hierarchy_scores(sae, X, parent_index=[np.full(32, -1)])
+    with pytest.raises(TypeError, match="has no components_"):
+        hierarchy_scores(SparseAutoencoder(), X)
 
 
 def test_flat_split_by_hand():

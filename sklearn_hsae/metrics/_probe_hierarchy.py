@@ -47,8 +47,8 @@ def _sampled_parents(counts, dense_fraction, n_parents, random_state) -> np.ndar
 
 def _mcs_candidates(codes, parents, binary) -> list:
     """Per parent, the latents c != p with MCS(p, c) > 0, best first (at most 20)."""
-    values = firing(codes) if binary else codes.tocsc().astype(np.float64)
-    mask = firing(codes)
+    mask = firing(codes)  # (n, m) binary activity
+    values = mask if binary else codes.tocsc().astype(np.float64)
     child_norm = np.sqrt(np.asarray(values.multiply(values).sum(axis=0)).ravel())  # (m,)
     unique = np.unique(parents)
     best = {}
@@ -56,19 +56,18 @@ def _mcs_candidates(codes, parents, binary) -> list:
         block = unique[start : start + _BLOCK]
         vp = values[:, block]
         numerator = (values.T @ vp).toarray()  # (m, b): sum over rows of z_c z_p
-        parent_norm = np.sqrt((mask.T @ vp.multiply(vp)).toarray())  # (m, b): on c's rows
         score = np.zeros_like(numerator)
-        if binary:  # numerator = |A_p & A_c| = parent_norm**2: sqrt(|A_p & A_c| / |A_c|), exact ties
+        if binary:  # numerator = |A_p & A_c|: sqrt(|A_p & A_c| / |A_c|), ties stay exact
             np.divide(numerator, child_norm[:, None] ** 2, out=score, where=numerator > 0)
             score = np.sqrt(score)
         else:
+            parent_norm = np.sqrt((mask.T @ vp.multiply(vp)).toarray())  # (m, b): on c's rows
             denominator = child_norm[:, None] * parent_norm
             np.divide(numerator, denominator, out=score, where=denominator > 0)
+        score[block, np.arange(len(block))] = 0.0  # never its own child
+        order = np.argsort(-score, axis=0, kind="stable")[:_N_CANDIDATES]  # (20, b), ties: lower
         for j, p in enumerate(block):
-            s = score[:, j].copy()
-            s[p] = 0.0  # never its own child
-            order = np.lexsort((np.arange(len(s)), -s))  # best first, ties to the lower index
-            best[p] = order[s[order] > 0][:_N_CANDIDATES]
+            best[p] = order[:, j][score[order[:, j], j] > 0]
     return [best[p] for p in parents]
 
 
@@ -157,6 +156,9 @@ def hierarchy_mcs(codes, X, *, components=None, n_parents=None, dense_fraction=0
     children, so this score is computed the same way for every architecture and never
     depends on a tree; latents that never fire with p (MCS 0) are no candidates; and
     sklearn's logistic regression (``C``) replaces the paper's 50-epoch Adam probe.
+
+    Cost: one logistic regression on X per distinct child. For a wide dictionary, draw
+    ``n_parents`` and pass a subsample of the rows (of X and the codes alike).
 
     Parameters
     ----------

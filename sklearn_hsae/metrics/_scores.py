@@ -31,12 +31,15 @@ def _flat_split(estimator, codes, components, posthoc):
         raise ValueError(f"A flat dictionary of {n} latents has no latents left for children.")
     levels = [codes[:, top], codes[:, rest]]
     parts = [components[top], components[rest]]
-    given = (parts if posthoc == "decoder" else levels)
+    given = parts if posthoc == "decoder" else levels
     return levels, parts, [np.full(len(top), -1), posthoc_tree(*given, similarity=posthoc)]
 
 
 def _hierarchy_of(estimator, X, parent_index, posthoc):
     """(levels, components per level, parent index per level, which tree) of an estimator."""
+    if not hasattr(estimator, "components_"):
+        raise TypeError(f"{type(estimator).__name__} has no components_: the hierarchy metrics "
+                        "need a fitted estimator's decoder rows.")
     levels = [_check_codes(level) for level in code_levels(estimator, X)]
     components = list(getattr(estimator, "components_by_level_", [estimator.components_]))
     if len(levels) == 1:

@@ -129,4 +129,4 @@ def firing(codes: sp.csr_matrix) -> sp.csc_matrix:
     """Binary activity (1 where a code is non-zero) as float64 CSC, one column per latent."""
     active = codes.copy().tocsc()
     active.data = np.ones_like(active.data, dtype=np.float64)
-    return active.astype(np.float64)
+    return active.astype(np.float64, copy=False)
