@@ -98,7 +98,8 @@ def clean_pass(lm: LanguageModel, batches: list[Batch], layer: int, n_texts: int
     kept = []
 
     def keep(output):
-        kept.append(output)  # and leave the forward pass as it is
+        # A copy: the next block may update its input in place. The pass goes on as is.
+        kept.append(with_residual(output, residual_of(output).clone()))
 
     with block_hook(lm, layer, keep), torch.inference_mode():
         for batch in batches:
