@@ -1,5 +1,9 @@
 """Loading a causal LM: by name, by directory, as an object, and the errors."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -40,3 +44,13 @@ def test_any_causal_lm_by_directory_or_object(tmp_path):
     assert load_model(tmp_path).bos_id == lm.tokenizer.bos_token_id  # its own BOS
     with pytest.raises(ValueError, match=r"layer must lie in \[1, 2\]"):
         extract_activations(texts, model=tmp_path, layer=3)
+
+
+def test_importing_the_package_does_not_import_transformers():
+    """transformers takes seconds to import and is an extra: only loading a model needs it."""
+    script = ("import sys, sklearn_hsae, sklearn_hsae.metrics, sklearn_hsae.datasets\n"
+              "print(sorted(m for m in ('transformers', 'gguf', 'accelerate') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from numbers import Integral, Real
 
@@ -11,7 +10,8 @@ from sklearn.utils._param_validation import Interval, validate_params
 
 from .forward import iter_residuals
 from .language_model import load_model
-from .tokens import check_texts, token_strings, tokenize
+from .progress import progress_bar
+from .tokens import check_texts, token_strings, tokenize, warn_if_cut
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +59,7 @@ class TokenActivations:
         "exclude_bos": ["boolean"],
         "max_norm": [Interval(Real, 0, None, closed="neither"), None],
         "max_length": [Interval(Integral, 2, None, closed="left")],
+        "verbose": ["verbose"],
     },
     prefer_skip_nested_validation=True,
 )
@@ -72,6 +73,7 @@ def extract_activations(
     exclude_bos=True,
     max_norm=1000.0,
     max_length=512,
+    verbose=0,
 ):
     """Residual-stream activations of every token of ``texts`` after block ``layer``.
 
@@ -109,6 +111,9 @@ def extract_activations(
         Drop rows whose Euclidean norm exceeds this; None keeps all.
     max_length : int, default=512
         Tokens per text, BOS included; longer texts are cut with a warning.
+    verbose : int, default=0
+        0 prints nothing; 1 or more draws a progress bar (tokens per second and time
+        left) on stderr, and transformers' own bars when the model is loaded.
 
     Returns
     -------
@@ -126,20 +131,16 @@ def extract_activations(
     (['The', ' cat', ' sat', '.', 'Hello', ' world'], [0, 0, 0, 0, 1, 1], [1, 2, 3, 4, 1, 2])
     """
     texts = check_texts(texts)
-    lm = load_model(model, tokenizer)
+    lm = load_model(model, tokenizer, verbose)
     layer = lm.check_layer(layer)
     ids, n_cut = tokenize(lm, texts, max_length)
-    if n_cut:
-        warnings.warn(
-            f"{n_cut} of {len(texts)} texts have more than max_length={max_length} tokens "
-            "(BOS included) and were cut.",
-            UserWarning,
-        )
+    warn_if_cut(n_cut, len(texts), max_length)
     lengths = np.array([len(row) for row in ids])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     X = np.empty((offsets[-1], lm.d_model), dtype=np.float32)
-    for i, h in iter_residuals(lm, ids, layer, batch_size):
-        X[offsets[i] : offsets[i + 1]] = h.numpy()
+    with progress_bar(verbose, int(offsets[-1]), f"Activations after block {layer}") as bar:
+        for i, h in iter_residuals(lm, ids, layer, batch_size, bar):
+            X[offsets[i] : offsets[i + 1]] = h.numpy()
     doc_index = np.repeat(np.arange(len(texts)), lengths)
     position = np.arange(offsets[-1]) - offsets[doc_index]
     keep = position > 0 if exclude_bos else np.ones(len(X), dtype=bool)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
-import torch
 from sklearn.utils._param_validation import HasMethods, Interval, validate_params
 
 from .autoencoder import check_autoencoder, reconstruct
-from .forward import next_token_losses
 from .language_model import load_model
+from .progress import progress_bar
+from .splice import clean_pass, condition_sums, make_batches, residuals
 from .tokens import check_texts, tokenize
 
 
@@ -24,6 +24,7 @@ from .tokens import check_texts, tokenize
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_norm": [Interval(Real, 0, None, closed="neither"), None],
         "max_length": [Interval(Integral, 2, None, closed="left")],
+        "verbose": ["verbose"],
     },
     prefer_skip_nested_validation=True,
 )
@@ -37,6 +38,7 @@ def ce_loss_recovered(
     batch_size=16,
     max_norm=1000.0,
     max_length=512,
+    verbose=0,
 ):
     """How much of the language model's next-token loss survives splicing in an SAE.
 
@@ -63,6 +65,12 @@ def ce_loss_recovered(
     :class:`~sklearn_hsae.SparseAutoencoder` fitted on activations of the same model and
     layer. All rows are encoded in one ``transform`` call.
 
+    The model runs once in full (clean), once from block ``layer`` on (spliced), and
+    the ablations, which write one vector into every text, on a single template
+    sequence: 2-3 times faster than running all four conditions in full, with the same
+    figures to 1.3e-4 nats (the method and its measurements are in
+    ``sklearn_hsae/_lm/splice.py``).
+
     Parameters
     ----------
     estimator : fitted estimator
@@ -76,12 +84,16 @@ def ce_loss_recovered(
     tokenizer : transformers tokenizer or None, default=None
         The tokenizer of a loaded ``model`` object.
     batch_size : int, default=16
-        Texts per forward pass (the logits of a batch take B x T x vocabulary floats).
+        Texts per forward pass (the logits of a batch take a vocabulary-long row per
+        scored token; the clean outputs of block ``layer`` are kept for every batch).
     max_norm : float or None, default=1000.0
         Positions with a larger clean residual norm are left clean; None intervenes on
         every position >= 1.
     max_length : int, default=512
         Tokens per text, BOS included; longer texts are cut.
+    verbose : int, default=0
+        0 prints nothing; 1 or more draws a progress bar (tokens per second and time
+        left) on stderr, and transformers' own bars when the model is loaded.
 
     Returns
     -------
@@ -103,26 +115,26 @@ def ce_loss_recovered(
     """
     check_autoencoder(estimator)
     texts = check_texts(texts)
-    lm = load_model(model, tokenizer)
+    lm = load_model(model, tokenizer, verbose)
     layer = lm.check_layer(layer)
     ids, _ = tokenize(lm, texts, max_length)
-    if sum(len(row) - 2 for row in ids) < 1:
+    n_predictions = sum(len(row) - 2 for row in ids)
+    if n_predictions < 1:
         raise ValueError("No prediction from a position >= 1: give texts of two tokens or more.")
-
-    clean, clean_h = _clean_pass(lm, ids, batch_size, layer)
-    where = [_intervened(h, max_norm) for h in clean_h]  # (L_i,) bool per text
-    rows = np.concatenate([h[ok] for h, ok in zip(clean_h, where)])  # (n_spliced, d)
-    if len(rows) == 0:
-        raise ValueError(f"Every position >= 1 has a norm above max_norm={max_norm}.")
-    recon = reconstruct(estimator, rows)
-    mean = np.broadcast_to(rows.mean(axis=0, dtype=np.float64).astype(np.float32), rows.shape)
-    zeros = np.zeros_like(rows)
-    offsets = np.cumsum([0] + [int(ok.sum()) for ok in where])
-
-    def run(values):
-        return _mean_ce(next_token_losses(lm, ids, batch_size, layer, _splice(where, offsets, values)))
-
-    ce = {"clean": _mean_ce(clean), "spliced": run(recon), "zero": run(zeros), "mean": run(mean)}
+    batches = make_batches(ids, batch_size, lm.bos_id)
+    n_tokens = sum(len(row) for row in ids)
+    with progress_bar(verbose, 2 * n_tokens, "CE loss recovered") as bar:  # clean + spliced
+        sums = {"clean": clean_pass(lm, batches, layer, len(ids), bar)}
+        clean_h = {i: h for batch in batches for i, h in zip(batch.texts, residuals(batch))}
+        where = [_intervened(clean_h[i], max_norm) for i in range(len(ids))]  # (L_i,) bool
+        rows = np.concatenate([clean_h[i][ok] for i, ok in enumerate(where)])  # (n_spliced, d)
+        if len(rows) == 0:
+            raise ValueError(f"Every position >= 1 has a norm above max_norm={max_norm}.")
+        recon = reconstruct(estimator, rows)
+        mean = rows.mean(axis=0, dtype=np.float64).astype(np.float32)  # (d,)
+        for name, values in (("spliced", recon), ("zero", np.zeros_like(mean)), ("mean", mean)):
+            sums[name] = condition_sums(lm, batches, layer, where, values, len(ids), bar)
+    ce = {name: float(total.sum()) / n_predictions for name, total in sums.items()}
     centred = rows - rows.mean(axis=0, dtype=np.float64)
     fvu = float(((rows.astype(np.float64) - recon) ** 2).sum() / (centred**2).sum())
     return {
@@ -133,22 +145,10 @@ def ce_loss_recovered(
         "ce_zero_ablation": ce["zero"],
         "ce_mean_ablation": ce["mean"],
         "explained_variance": 1.0 - fvu,
-        "n_predictions": int(sum(len(loss) - 1 for loss in clean)),
+        "n_predictions": n_predictions,
         "n_spliced": len(rows),
         "n_kept_clean": int(sum(len(ok) - 1 - ok.sum() for ok in where)),
     }
-
-
-def _clean_pass(lm, ids, batch_size: int, layer: int):
-    """Clean losses, and the residual after block ``layer`` of every text, (L_i, d)."""
-    residuals = [None] * len(ids)
-
-    def capture(rows, h):
-        for b, i in enumerate(rows):
-            residuals[i] = h[b, : len(ids[i])].float().numpy().copy()
-        return None  # leave the forward pass as it is
-
-    return next_token_losses(lm, ids, batch_size, layer, capture), residuals
 
 
 def _intervened(h: np.ndarray, max_norm) -> np.ndarray:
@@ -157,24 +157,3 @@ def _intervened(h: np.ndarray, max_norm) -> np.ndarray:
     if max_norm is not None:
         ok &= np.linalg.norm(h, axis=1) <= max_norm
     return ok
-
-
-def _splice(where, offsets, values: np.ndarray):
-    """A patch writing ``values`` (stacked like the intervened rows, text after text)
-    into the intervened slots of every text of a batch."""
-
-    def patch(batch_rows, h):
-        new = h.clone()  # (B, T, d)
-        for b, i in enumerate(batch_rows):
-            slots = torch.from_numpy(np.flatnonzero(where[i]))
-            block = np.ascontiguousarray(values[offsets[i] : offsets[i + 1]])  # (n_slots, d)
-            new[b, slots] = torch.as_tensor(block, dtype=h.dtype)
-        return new
-
-    return patch
-
-
-def _mean_ce(losses) -> float:
-    """Mean over all predictions made at positions >= 1 (entry p is position p's)."""
-    return float(np.concatenate([loss[1:] for loss in losses]).mean())
-

@@ -12,7 +12,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from .forward import iter_residuals
 from .language_model import SMOLLM2, load_model
-from .tokens import check_texts, tokenize
+from .progress import progress_bar
+from .tokens import check_texts, tokenize, warn_if_cut
 
 
 class ActivationExtractor(TransformerMixin, BaseEstimator):
@@ -46,6 +47,10 @@ class ActivationExtractor(TransformerMixin, BaseEstimator):
     max_norm : float or None, default=1000.0
         Norm above which a token counts as massive and is left out of the mean. None
         keeps every token.
+    verbose : int, default=0
+        0 prints nothing; 1 or more draws a progress bar (tokens per second and time
+        left) on stderr while ``transform`` runs, and transformers' own bars when the
+        model is loaded.
 
     Attributes
     ----------
@@ -77,6 +82,7 @@ class ActivationExtractor(TransformerMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_length": [Interval(Integral, 2, None, closed="left")],
         "max_norm": [Interval(Real, 0, None, closed="neither"), None],
+        "verbose": ["verbose"],
     }
 
     def __init__(
@@ -88,6 +94,7 @@ class ActivationExtractor(TransformerMixin, BaseEstimator):
         batch_size=32,
         max_length=512,
         max_norm=1000.0,
+        verbose=0,
     ):
         self.model = model
         self.layer = layer
@@ -95,6 +102,7 @@ class ActivationExtractor(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.max_length = max_length
         self.max_norm = max_norm
+        self.verbose = verbose
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -130,27 +138,24 @@ class ActivationExtractor(TransformerMixin, BaseEstimator):
         """
         self._validate_params()
         texts = check_texts(X, "X")
-        lm = load_model(self.model)
+        lm = load_model(self.model, verbose=self.verbose)
         layer = lm.check_layer(self.layer)
         ids, n_cut = tokenize(lm, texts, self.max_length)
-        if n_cut:
-            warnings.warn(
-                f"{n_cut} of {len(texts)} texts have more than max_length={self.max_length} "
-                "tokens (BOS included) and were cut.",
-                UserWarning,
-            )
+        warn_if_cut(n_cut, len(texts), self.max_length)
         out = np.empty((len(texts), lm.d_model), dtype=np.float32)
         all_massive = []
-        for i, h in iter_residuals(lm, ids, layer, self.batch_size):
-            rows = h[1:]  # (L_i - 1, d): BOS left out
-            if self.pooling == "last":
-                out[i] = rows[-1].numpy()
-                continue
-            keep = rows.norm(dim=1) <= self.max_norm if self.max_norm is not None else None
-            if keep is not None and not bool(keep.any()):
-                all_massive.append(i)
-                keep = None
-            out[i] = (rows if keep is None else rows[keep]).mean(dim=0).numpy()
+        bar = progress_bar(self.verbose, sum(map(len, ids)), f"Activations after block {layer}")
+        with bar:
+            for i, h in iter_residuals(lm, ids, layer, self.batch_size, bar):
+                rows = h[1:]  # (L_i - 1, d): BOS left out
+                if self.pooling == "last":
+                    out[i] = rows[-1].numpy()
+                    continue
+                keep = rows.norm(dim=1) <= self.max_norm if self.max_norm is not None else None
+                if keep is not None and not bool(keep.any()):
+                    all_massive.append(i)
+                    keep = None
+                out[i] = (rows if keep is None else rows[keep]).mean(dim=0).numpy()
         if all_massive:
             warnings.warn(
                 f"Texts {all_massive[:10]} have only tokens with norm above max_norm="
@@ -172,7 +177,7 @@ class ActivationExtractor(TransformerMixin, BaseEstimator):
         feature_names_out : ndarray of str objects
             ``d_model`` names (loading the model when it is not loaded yet).
         """
-        d = load_model(self.model).d_model
+        d = load_model(self.model, verbose=self.verbose).d_model
         return np.asarray([f"activationextractor{i}" for i in range(d)], dtype=object)
 
     def __sklearn_tags__(self):

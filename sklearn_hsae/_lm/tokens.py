@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -31,7 +32,9 @@ def check_texts(texts, name: str = "texts") -> list[str]:
     return [str(text) for text in texts]
 
 
-def tokenize(lm: LanguageModel, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
+def tokenize(
+    lm: LanguageModel, texts: Sequence[str], max_length: int
+) -> tuple[list[list[int]], int]:
     """Token ids of every text with BOS prepended, cut to ``max_length`` positions.
 
     Returns the id lists and how many texts were cut.
@@ -40,6 +43,16 @@ def tokenize(lm: LanguageModel, texts: Sequence[str], max_length: int) -> tuple[
     out = [[lm.bos_id, *row][:max_length] for row in ids]
     n_cut = sum(len(row) + 1 > max_length for row in ids)
     return out, n_cut
+
+
+def warn_if_cut(n_cut: int, n_texts: int, max_length: int) -> None:
+    """Say how many texts :func:`tokenize` cut, if any."""
+    if n_cut:
+        warnings.warn(
+            f"{n_cut} of {n_texts} texts have more than max_length={max_length} tokens "
+            "(BOS included) and were cut.",
+            UserWarning,
+        )
 
 
 def token_strings(lm: LanguageModel, ids: np.ndarray) -> np.ndarray:
