@@ -27,6 +27,14 @@ MODELS = {
     "hsae-none-randomstate": lambda: HierarchicalSparseAutoencoder(
         **HSAE, normalize=None, random_state=np.random.RandomState(7)
     ),
+    "tree-3-levels": lambda: HierarchicalSparseAutoencoder(
+        architecture="tree", n_parents=4, n_children=2, n_levels=3, k=2, max_iter=2, batch_size=64,
+        random_state=0,
+    ),
+    "nested-3-levels": lambda: HierarchicalSparseAutoencoder(
+        architecture="nested", n_parents=4, n_children=2, n_levels=3, k=2, max_iter=2, batch_size=64,
+        random_state=0,
+    ),
     "sae-topk": lambda: SparseAutoencoder(**SAE, random_state=0),
     "sae-batchtopk-matryoshka-unit": lambda: SparseAutoencoder(
         **SAE, activation="batchtopk", matryoshka_prefixes=[3, 6], normalize="unit", random_state=0

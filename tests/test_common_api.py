@@ -114,3 +114,13 @@ def test_inverse_transform_level_argument():
     np.testing.assert_array_equal(est.inverse_transform(Z, level=-1), est.inverse_transform(Z))
     with pytest.raises(ValueError, match=r"level=3 is not a level of this model; use an int in \[-3, 2\]"):
         est.inverse_transform(Z, level=3)
+
+
+def test_transform_shows_a_bar_only_when_verbose(capfd):
+    est = SparseAutoencoder(n_components=24, k=3, max_iter=1, random_state=0).fit(X)
+    capfd.readouterr()
+    est.transform(X)
+    assert capfd.readouterr().err == ""  # quiet by default, like scikit-learn
+    est.set_params(verbose=1).transform(X)
+    err = capfd.readouterr().err
+    assert "encode" in err and "/1.50k" in err and "row/s" in err  # rows of X, with a rate

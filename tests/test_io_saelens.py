@@ -61,7 +61,7 @@ def _our_top_level(est, X):
     )
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if "names" not in n])
+@pytest.mark.parametrize("name", [n for n in MODELS if "names" not in n and n != "tree-3-levels"])
 def test_export_saelens_layout_and_encoding(name, fitted, X, tmp_path):
     est = fitted[name]
     kwargs = {"center_writing_weights": False}
@@ -70,7 +70,7 @@ def test_export_saelens_layout_and_encoding(name, fitted, X, tmp_path):
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     w = load_file(tmp_path / "sae_weights.safetensors")
     batchtopk = getattr(est, "activation", "topk") == "batchtopk"
-    d_sae = est._config.n_parents if hasattr(est._config, "n_parents") else est.n_components
+    d_sae = est.components_by_level_[0].shape[0]  # the first level's width
     assert cfg["architecture"] == ("jumprelu" if batchtopk else "topk")
     assert (cfg["d_in"], cfg["d_sae"], cfg["dtype"]) == (16, d_sae, est.dtype)
     assert cfg["metadata"]["hook_name"] == "blocks.0.hook_resid_post"
@@ -222,3 +222,12 @@ def test_saelens_reads_our_export(tmp_path):
         else:
             expected = est.inverse_transform(ours)
         np.testing.assert_allclose(recon, expected, rtol=1e-4, atol=1e-4 * np.abs(X).max())
+
+
+def test_nested_levels_below_the_first_are_refused_with_the_reason(tmp_path):
+    from model_files import MODELS, activations
+
+    est = MODELS["nested-3-levels"]().fit(activations())
+    for level in (1, 2, "child"):
+        with pytest.raises(ValueError, match=r"picks its features only among those whose parent fired"):
+            export_saelens(est, tmp_path, level=level)

@@ -20,6 +20,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from tqdm.auto import tqdm
 
 from .._data import (
     check_streamed,
@@ -156,13 +157,17 @@ class BaseSparseAutoencoder(FittingMixin, ClassNamePrefixFeaturesOutMixin, Trans
         dtype = output_dtype(X)
         widths = self._config.widths
         stacks = [RowStack(X.shape[0], w) for w in ([sum(widths)] if side_by_side else widths)]
+        bar = tqdm(total=X.shape[0], desc="encode", unit="row", unit_scale=True,
+                   disable=not self.verbose, leave=False)
         for codes, scale, _ in self._encode_blocks(X):
+            bar.update(codes.x_hat.shape[0])
             levels = [codes_to_csr(v, i, w, dtype, scale)
                       for v, i, w in zip(codes.values, codes.indices, widths)]
             if side_by_side:
                 levels = [sp.hstack(levels, format="csr")] if len(levels) > 1 else levels
             for stack, block in zip(stacks, levels):
                 stack.add(block)
+        bar.close()
         return [stack.result(dtype) for stack in stacks]
 
     def encode(self, X):

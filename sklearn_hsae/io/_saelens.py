@@ -36,6 +36,10 @@ _ROUTED_CHILDREN = (
     "the routed children are not a flat SAE: each child lives in its parent's private "
     "subspace and is active only under that parent"
 )
+_NESTED_LEVELS = (
+    "a nested (Tree SAE) level below the first picks its features only among those whose "
+    "parent fired in the row, so it is not a flat SAE"
+)
 
 
 def export_saelens(estimator, path, level="parent", *, metadata=None) -> None:
@@ -129,6 +133,8 @@ def _state_prefix(est, level: int) -> str | None:
     top level's unprefixed.
     """
     state = est._model_state
+    if getattr(est, "architecture", None) == "nested" and level > 0:
+        return None  # gated by the level above (its first level is a plain TopK SAE)
     if f"levels.{level}.W_enc" in state:
         return f"levels.{level}."
     return "" if level == 0 and "W_enc" in state else None
@@ -151,8 +157,9 @@ def level_index(est, level) -> int:
             f"with a SAELens form are {valid}."
         )
     if index not in flat:
-        routed = getattr(est, "architecture", None) == "routed"
-        reason = _ROUTED_CHILDREN if routed else "this level is not a flat SAE"
+        architecture = getattr(est, "architecture", None)
+        reason = {"routed": _ROUTED_CHILDREN, "nested": _NESTED_LEVELS}.get(
+            architecture, "this level is not a flat SAE")
         raise ValueError(
             f"level={level!r} has no SAELens form: {reason}. The levels with a SAELens "
             f"form are {valid}."
@@ -169,6 +176,8 @@ def saelens_level(est, level: int) -> tuple[dict, dict]:
         for name in names
         if prefix + name in est._model_state
     }
+    if "b_dec" not in state:  # nested levels share one decoder bias, stored unprefixed
+        state["b_dec"] = np.asarray(est._model_state["b_dec"], dtype=np.float64)
     W_enc = state["W_enc"].T.copy()  # (d_in, d_sae): SAELens multiplies x @ W_enc
     b_enc, W_dec, b_dec = state["b_enc"], state["W_dec"], state["b_dec"]
     threshold = _threshold(est, state)
