@@ -91,7 +91,9 @@ def _fit(args) -> int:
     )
     start = time.perf_counter()
     est.fit(X)
-    save(est, args.out)
+    # The saved model keeps the library's quiet default: a user who loads it in Python
+    # should not get progress bars from every transform.
+    save(est.set_params(verbose=0), args.out)
     sample = np.asarray(X[: min(len(X), 20_000)])
     report = evaluate(est, sample)
     print(f"fit {X.shape[0]} x {X.shape[1]} in {time.perf_counter() - start:.1f} s "
@@ -113,7 +115,7 @@ def _report(args) -> int:
 
         acts = call_with_verbose(extract_activations, _read_lines(args.texts), model=args.model,
                                  layer=args.layer, verbose=args.verbose)
-    est = load(args.model_dir)
+    est = load(args.model_dir).set_params(verbose=args.verbose)  # the CLI's --quiet governs all bars
     path = hierarchy_report(est, acts, args.out, n_shown_parents=args.n_shown_parents,
                             verbose=args.verbose)
     print(f"report written to {path}")
