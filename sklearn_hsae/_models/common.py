@@ -103,8 +103,19 @@ class SAEModel(Protocol):
 
 
 class SAEBase(nn.Module):
-    """Defaults of the interface that most models share: nothing to do at the end of a
-    fit, and one gradient-clipping group."""
+    """Defaults of the interface that most models share: a decoder bias ``b_dec`` and a
+    ``loss_scale`` set from data, nothing to do at the end of a fit, and one
+    gradient-clipping group."""
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor) -> None:
+        """Set b_dec to the geometric median and the loss scale to the data variance."""
+        if not self.config.fixed_decoder_bias:
+            self.b_dec.copy_(geometric_median(x))
+        var = (x - x.mean(0)).pow(2).sum(1).mean()
+        if var <= 0:  # constant data: fall back to the mean squared norm (or 1)
+            var = (x - self.b_dec).pow(2).sum(1).mean()
+        self.loss_scale.fill_(float(var) if var > 0 else 1.0)
 
     def on_fit_end(self) -> None:
         pass

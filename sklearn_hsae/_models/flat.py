@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import (
-    Codes, Dictionary, LossOutput, SAEBase, auxk_loss, geometric_median, level_l0,
+    Codes, Dictionary, LossOutput, SAEBase, auxk_loss, level_l0,
     normalize_rows_, pre_activations, remove_parallel_grad_, sparse_decode, tied_init_, topk_select,
     update_dead_counter_,
 )
@@ -55,14 +55,6 @@ class FlatSAE(SAEBase):
         self.loss_scale.fill_(1.0)
         self.threshold.zero_()
 
-    @torch.no_grad()
-    def init_from_data(self, x: Tensor) -> None:
-        if not self.config.fixed_decoder_bias:
-            self.b_dec.copy_(geometric_median(x))
-        var = (x - x.mean(0)).pow(2).sum(1).mean()
-        if var <= 0:
-            var = (x - self.b_dec).pow(2).sum(1).mean()
-        self.loss_scale.fill_(float(var) if var > 0 else 1.0)
 
     # ---------------------------------------------------------------- encode
     def _encode(self, x: Tensor):

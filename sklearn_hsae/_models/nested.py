@@ -59,7 +59,7 @@ from .common import (
     Encoded,
     LossOutput,
     auxk_loss,
-    geometric_median,
+    SAEBase,
     level_l0,
     normalize_rows_,
     pre_activations,
@@ -166,7 +166,7 @@ class _Level(nn.Module):
         self.parent_width = parent_width
 
 
-class NestedSAE(nn.Module):
+class NestedSAE(SAEBase):
     """Parameters, forward pass and tree allocation of the Tree SAE; no training loop."""
 
     cumulative: ClassVar[bool] = True  # level l reconstructs with levels 0..l (Eq. 7)
@@ -211,14 +211,6 @@ class NestedSAE(nn.Module):
         self.next_realloc.fill_(self.config.realloc_first)
         self.realloc_interval.fill_(self.config.realloc_first)
 
-    @torch.no_grad()
-    def init_from_data(self, x: Tensor) -> None:
-        if not self.config.fixed_decoder_bias:
-            self.b_dec.copy_(geometric_median(x))
-        var = (x - x.mean(0)).pow(2).sum(1).mean()
-        if var <= 0:
-            var = (x - self.b_dec).pow(2).sum(1).mean()
-        self.loss_scale.fill_(float(var) if var > 0 else 1.0)
 
     # ---------------------------------------------------------------- forward
     def _encode(self, x: Tensor) -> list[tuple[Encoded, Tensor, Tensor, Tensor | None]]:

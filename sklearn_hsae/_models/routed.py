@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .common import (
     Codes, Dictionary, Encoded, LossOutput, SAEBase, auxk_loss, bi_orthogonality,
-    geometric_median, level_l0, normalize_rows_, pre_activations, remove_parallel_grad_,
+    level_l0, normalize_rows_, pre_activations, remove_parallel_grad_,
     sparse_decode, spread_unit_vectors, topk_select, update_dead_counter_,
 )
 from .grouped import make_route, routed_down, routed_up
@@ -122,16 +122,6 @@ class RoutedSAE(SAEBase):
         self.tokens_since_fired.zero_()
         self.loss_scale.fill_(1.0)
 
-    @torch.no_grad()
-    def init_from_data(self, x: Tensor) -> None:
-        """Set b_dec to the geometric median and the loss scale to the data variance."""
-        if not self.config.fixed_decoder_bias:
-            self.b_dec.copy_(geometric_median(x))
-        center = self.b_dec
-        var = (x - x.mean(0)).pow(2).sum(1).mean()
-        if var <= 0:  # constant data: fall back to the mean squared norm (or 1)
-            var = (x - center).pow(2).sum(1).mean()
-        self.loss_scale.fill_(float(var) if var > 0 else 1.0)
 
     # ---------------------------------------------------------------- forward
     def _forward(self, x: Tensor) -> _Internals:
