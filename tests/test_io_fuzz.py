@@ -49,6 +49,7 @@ SIZE_PARAMS = {
     "batch_size",
 }
 SHAPING_PARAMS = {"n_parents", "n_children", "subspace_dim", "n_components"}
+SIZE_DERIVED = {"dead_tokens", "eligible_tokens", "realloc_first", "realloc_max", "root_reset_step"}
 BAD_PARAMS = {  # values the estimators' own validation refuses
     "k": [0, -2, 1.5, "4"],
     "n_parents": [0],
@@ -100,6 +101,11 @@ def saved(tmp_path_factory):
             batch_size=50,
             normalize="unit",
             random_state=np.random.RandomState(0),
+        ).fit(X),
+        # Tree SAE: a reallocated tree, capacities and schedule counters to guard.
+        "nested": HierarchicalSparseAutoencoder(
+            architecture="nested", n_levels=3, n_parents=3, n_children=2, k=2, max_iter=2,
+            batch_size=50, random_state=0,
         ).fit(X),
         # Three levels: parent-index tensors for the range checks to guard.
         "tree": HierarchicalSparseAutoencoder(
@@ -266,14 +272,18 @@ def _size_cases(doc, write):
     """Negative and huge sizes in parameters, config fields and fitted counts."""
     for key in SIZE_PARAMS & doc["params"].keys():
         yield f"param {key}=-1", write(edited(doc, ("params", key), -1))
-    # subspace_dim shapes only the routed architecture: in a tree a huge value is valid.
-    shaping = SHAPING_PARAMS - ({"subspace_dim"} if doc["params"].get("architecture") == "tree" else set())
+    # subspace_dim shapes only the routed architecture: in a tree or nested model a huge
+    # value is valid (unused).
+    unused = {"subspace_dim"} if doc["params"].get("architecture") in ("tree", "nested") else set()
+    shaping = SHAPING_PARAMS - unused
     for key in shaping & doc["params"].keys():
         yield f"param {key}=2**40", write(edited(doc, ("params", key), 2**40))
     for key, value in doc["config"]["fields"].items():
         if type(value) is int:
-            # dead_tokens follows the training-set size: any value up to its cap is valid.
-            for bad in (-1, 2**62) + (() if key == "dead_tokens" else (value + 1,)):
+            # Fields derived from the training-set size or the run's length (the dead
+            # window, Tree SAE's eligibility window and allocation schedule) are valid at
+            # any value up to their caps: only -1 and 2**62 are corrupt there.
+            for bad in (-1, 2**62) + (() if key in SIZE_DERIVED else (value + 1,)):
                 yield f"config {key}={bad}", write(edited(doc, ("config", "fields", key), bad))
     for key in ("n_features_in_", "n_iter_", "n_steps_"):
         yield f"fitted {key}=-1", write(edited(doc, ("fitted", key), -1))
