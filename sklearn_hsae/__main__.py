@@ -220,7 +220,8 @@ def _fit_parser(sub):
     _add(fit, "--max-iter", type=int, default=10, help="epochs over X")
     _add(fit, "--batch-size", type=int, default=1024, help="rows per training step")
     _add(fit, "--learning-rate", metavar="LR", default="auto",
-         help="peak Adam learning rate, or auto: min(5e-3, 8e-4 / sqrt(n_parents / 2**14))")
+         help="peak Adam learning rate, or auto: min(5e-3, 8e-4 / sqrt(width / 2**14)) with width "
+              "n_parents (routed) or each level's width (tree, nested: one rate per level)")
     _add(fit, "--random-state", type=int, default=0, help="seed of initialisation and shuffling")
     _add(fit, "--checkpoint-dir", metavar="DIR", shown_default="none, no checkpoints",
          help="folder for checkpoints; an interrupted fit resumes from it when run again")

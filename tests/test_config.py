@@ -51,7 +51,7 @@ def test_routed_config_from_params():
     est = HierarchicalSparseAutoencoder(n_parents=32, n_children=4, subspace_dim=3, k=5, batch_size=64)
     config = RoutedConfig.from_params(params(est), n_features=16, n_samples=1000, total_steps=50)
     assert (config.n_parents, config.n_children, config.subspace_dim, config.k) == (32, 4, 3, 5)
-    assert config.widths == (32, 128) and config.lr_width == 32
+    assert config.widths == (32, 128) and config.lr_widths == (32,)
     assert config.aux_k == 8 and config.dead_tokens == 1000
     assert config.feature_names("m")[:2] == ["m_parent0", "m_parent1"]
     assert config.feature_names("m")[32:34] == ["m_child0.0", "m_child0.1"]
@@ -61,6 +61,7 @@ def test_tree_config_reparents_twenty_times_per_fit():
     est = HierarchicalSparseAutoencoder(architecture="tree", n_parents=4, n_children=3, n_levels=3, k=2)
     config = TreeConfig.from_params(params(est), 8, 100, total_steps=400)
     assert config.widths == (4, 12, 36) and config.reparent_every == 20
+    assert config.lr_widths == (4, 12, 36)  # one learning rate per level, from its width
     assert TreeConfig.from_params(params(est), 8, 100, None).reparent_every == 5000
     assert TreeConfig.from_params(params(est, reparent_every=7), 8, 100, 400).reparent_every == 7
 
@@ -70,7 +71,7 @@ def test_nested_config_keeps_paper_3s_schedule_as_fractions_of_the_run():
                                         k=2, batch_size=64)
     # Paper 3's code: 3,000 / 10,000 / 50,000 of 97,657 steps.
     config = NestedConfig.from_params(params(est), 8, 1000, total_steps=97_657 // 10)
-    assert config.widths == (4, 12, 36) and config.aux_k == (4, 4, 4) and config.lr_width == 4
+    assert config.widths == (4, 12, 36) and config.aux_k == (4, 4, 4) and config.lr_widths == (4, 12, 36)
     assert (config.realloc_first, config.realloc_max, config.root_reset_step) == (300, 1000, 5000)
     assert config.dead_tokens == 1000 and config.eligible_tokens == 1000  # at most the dead window
     stream = NestedConfig.from_params(params(est), 8, 10**9, None)
@@ -82,10 +83,10 @@ def test_nested_config_keeps_paper_3s_schedule_as_fractions_of_the_run():
 
 
 def test_train_config_warmup_and_streaming():
-    assert TrainConfig.from_params(0.01, 64, 5000) == TrainConfig(0.01, 5000, 500)
-    assert TrainConfig.from_params(0.01, 64, 50_000).warmup_steps == 1000
-    assert TrainConfig.from_params(0.01, 64, 3).warmup_steps == 1
-    assert TrainConfig.from_params("auto", 2**16, None) == TrainConfig(pytest.approx(4e-4), None, 100)
+    assert TrainConfig.from_params(0.01, (64,), 5000) == TrainConfig(0.01, 5000, 500)
+    assert TrainConfig.from_params(0.01, (64,), 50_000).warmup_steps == 1000
+    assert TrainConfig.from_params(0.01, (64,), 3).warmup_steps == 1
+    assert TrainConfig.from_params("auto", (2**16,), None) == TrainConfig((pytest.approx(4e-4),), None, 100)
 
 
 @pytest.mark.parametrize(

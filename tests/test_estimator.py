@@ -12,7 +12,7 @@ from sklearn.utils import estimator_checks as ec
 from sklearn.utils.estimator_checks import check_estimator
 
 from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder
-from sklearn_hsae._config import TrainConfig
+from sklearn_hsae._config import TrainConfig, auto_learning_rate
 from sklearn_hsae.datasets import make_hierarchical_activations
 
 SMALL = dict(n_parents=8, n_children=3, subspace_dim=2, k=2, max_iter=3, batch_size=16)
@@ -294,12 +294,41 @@ def test_verbose_shows_loss_and_fvu(data, capsys):
 def _learning_rate(est):
     """The peak rate fit would use: the train config built from the model config."""
     config = est.set_params(k=1)._model_config(n_features=8, n_samples=100, total_steps=10)
-    return TrainConfig.from_params(est.learning_rate, config.lr_width, 10).learning_rate
+    return TrainConfig.from_params(est.learning_rate, config.lr_widths, 10).peaks(len(config.lr_widths))
 
 
 def test_auto_learning_rate_follows_the_width_law():
     est = HierarchicalSparseAutoencoder(n_parents=4096)
-    assert _learning_rate(est) == pytest.approx(8e-4 * 2)  # 1/sqrt(4096 / 2**14) = 2
-    assert _learning_rate(SparseAutoencoder(n_components=2**16)) == pytest.approx(4e-4)
-    assert _learning_rate(HierarchicalSparseAutoencoder(n_parents=24)) == 5e-3  # the cap
-    assert _learning_rate(HierarchicalSparseAutoencoder(learning_rate=0.01)) == 0.01
+    assert _learning_rate(est) == pytest.approx((8e-4 * 2,))  # 1/sqrt(4096 / 2**14) = 2
+    assert _learning_rate(SparseAutoencoder(n_components=2**16)) == pytest.approx((4e-4,))
+    assert _learning_rate(HierarchicalSparseAutoencoder(n_parents=24)) == (5e-3,)  # the cap
+    assert _learning_rate(HierarchicalSparseAutoencoder(learning_rate=0.01)) == (0.01,)
+    # Every level of a tree takes the rate of a flat SAE of its own width: 16 -> 1024 trains
+    # its 1024 latents at a flat 1024's rate, not at the capped rate of its 16 parents.
+    for arch in ("tree", "nested"):
+        tree = HierarchicalSparseAutoencoder(architecture=arch, n_parents=16, n_children=64)
+        flat = SparseAutoencoder(n_components=1024)
+        assert _learning_rate(tree) == (5e-3, _learning_rate(flat)[0]) == (5e-3, pytest.approx(3.2e-3))
+        three = HierarchicalSparseAutoencoder(architecture=arch, n_parents=256, n_children=16, n_levels=3)
+        assert _learning_rate(three) == pytest.approx((5e-3, 1.6e-3, 4e-4))  # 256, 4096, 65536 latents
+        assert _learning_rate(three.set_params(learning_rate=1e-3)) == (1e-3,) * 3
+
+
+@pytest.mark.parametrize("architecture", ["tree", "nested"])
+def test_trees_train_every_level_at_its_own_rate(architecture):
+    """The optimiser's groups are the levels, at their configured peaks; the schedule
+    scales them together."""
+    from sklearn_hsae._training import learning_rate_at
+
+    X = np.random.RandomState(0).randn(400, 16).astype(np.float32)
+    est = HierarchicalSparseAutoencoder(architecture=architecture, n_parents=512, n_children=4, k=2,
+                                        max_iter=2, batch_size=100, random_state=0).fit(X)
+    trainer = est._trainer
+    groups = trainer.optimizer.param_groups
+    model_levels = trainer.model.levels
+    assert [len(g["params"]) for g in groups][:-1] == [len(list(lv.parameters())) for lv in model_levels][:-1]
+    assert sum(len(g["params"]) for g in groups) == len([p for p in trainer.model.parameters() if p.requires_grad])
+    peaks = trainer.config.peaks(2)
+    assert peaks == pytest.approx((auto_learning_rate(512), auto_learning_rate(2048)))
+    last = trainer.step_count - 1  # the rates of the last step taken
+    assert [g["lr"] for g in groups] == [learning_rate_at(last, trainer.config, p) for p in peaks]

@@ -113,6 +113,35 @@ def test_adam_matches_torch_bit_for_bit():
     restored.load_state_dict(ref.state_dict())  # torch's own state dict loads too
     assert restored.state[0]["step"].item() == 25 and restored.state[1]["step"].item() == 24
     assert torch.equal(restored.state[0]["exp_avg_sq"], ref.state[theirs[0]]["exp_avg_sq"])
+    with pytest.raises(ValueError, match=r"parameter 1 has shape \(4,\), the parameter \(3,\)"):
+        Adam([ours[0], torch.nn.Parameter(torch.zeros(3))], 1.0).load_state_dict(ref.state_dict())
+
+
+def test_adam_groups_match_torch_param_groups_bit_for_bit():
+    """A rate per group (a tree's levels), as torch.optim.Adam's param groups."""
+    from sklearn_hsae._training.adam import Adam
+
+    g = torch.Generator().manual_seed(1)
+    ours = [torch.nn.Parameter(torch.randn(6, 2, generator=g)) for _ in range(3)]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    mine = Adam([[ours[0]], ours[1:]], [1e-2, 1e-3])
+    ref = torch.optim.Adam([{"params": [theirs[0]], "lr": 1e-2}, {"params": theirs[1:], "lr": 1e-3}])
+    assert [group["params"] for group in mine.param_groups] == [[0], [1, 2]]
+    for _ in range(10):
+        for p, q in zip(ours, theirs):
+            p.grad = q.grad = torch.randn(p.shape, generator=g)
+        mine.step()
+        ref.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+    # Moments are per parameter: a state saved under one group restores into two.
+    one = Adam(ours, 1e-3)
+    one.load_state_dict(mine.state_dict())
+    two = Adam([[ours[0]], ours[1:]], [1e-2, 1e-3])
+    two.load_state_dict(one.state_dict())
+    assert torch.equal(two.state[2]["exp_avg"], mine.state[2]["exp_avg"])
+    assert [group["lr"] for group in two.param_groups] == [1e-2, 1e-3]  # its own rates
+    with pytest.raises(ValueError, match="2 learning rates for 1 parameter groups"):
+        Adam(ours, [1e-2, 1e-3])
 
 
 def test_threads_for_is_scoped():

@@ -45,8 +45,9 @@ def _reparent_every(value, total_steps: int | None) -> int:
 class TrainConfig:
     """Optimiser and schedule; knows nothing about the architecture."""
 
-    learning_rate: float
-    """Peak Adam learning rate."""
+    learning_rate: float | tuple[float, ...]
+    """Peak Adam learning rate: one number for every parameter group, or one per group
+    of the model (``lr_groups()``), in its order."""
     total_steps: int | None
     """Steps of the cosine schedule; ``None`` means constant after warm-up (streaming)."""
     warmup_steps: int
@@ -58,12 +59,32 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
 
+    def peaks(self, n_groups: int) -> tuple[float, ...]:
+        """The peak rate of each of ``n_groups`` parameter groups."""
+        if not isinstance(self.learning_rate, tuple):
+            return (float(self.learning_rate),) * n_groups
+        if len(self.learning_rate) != n_groups:
+            raise ValueError(f"{len(self.learning_rate)} learning rates for {n_groups} parameter groups")
+        return self.learning_rate
+
+    def describe(self) -> str:
+        """``learning_rate=...`` as a message shows it."""
+        if not isinstance(self.learning_rate, tuple):
+            return f"learning_rate={self.learning_rate:.3g}"
+        rates = ", ".join(f"{lr:.3g}" for lr in self.learning_rate)
+        return f"learning_rate={rates} (one per level)" if len(self.learning_rate) > 1 else f"learning_rate={rates}"
+
     @classmethod
-    def from_params(cls, learning_rate, lr_width: int, total_steps: int | None) -> TrainConfig:
-        """``learning_rate`` is a number or ``"auto"`` (:func:`auto_learning_rate` of
-        ``lr_width``); warm-up over a tenth of the run (at most 1000 steps), or 100 steps
-        when streaming."""
-        lr = auto_learning_rate(lr_width) if learning_rate == "auto" else float(learning_rate)
+    def from_params(cls, learning_rate, lr_widths: tuple[int, ...],
+                    total_steps: int | None) -> TrainConfig:
+        """``learning_rate`` is a number (every group) or ``"auto"``: each parameter group
+        of the model gets :func:`auto_learning_rate` of its width in ``lr_widths`` (the
+        config's: one group for flat and routed models, one per level for trees);
+        warm-up over a tenth of the run (at most 1000 steps), or 100 steps when streaming."""
+        if learning_rate == "auto":
+            lr = tuple(auto_learning_rate(w) for w in lr_widths)
+        else:
+            lr = float(learning_rate)
         if total_steps is None:
             return cls(lr, None, _STREAM_WARMUP)
         return cls(lr, total_steps, max(1, min(1000, total_steps // 10)))

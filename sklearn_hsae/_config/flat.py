@@ -40,8 +40,9 @@ class FlatConfig:
         return (self.n_latents,)
 
     @property
-    def lr_width(self) -> int:
-        return self.n_latents
+    def lr_widths(self) -> tuple[int]:
+        """One parameter group: the whole dictionary (all prefixes of a Matryoshka)."""
+        return (self.n_latents,)
 
     @property
     def work_per_row(self) -> int:

@@ -37,9 +37,12 @@ class _Levels:
     n_features: int
 
     @property
-    def lr_width(self) -> int:
-        """The latents the first TopK selects from: the first level."""
-        return self.widths[0]
+    def lr_widths(self) -> tuple[int, ...]:
+        """One parameter group per level, its rate following that level's width: every
+        level is a TopK over its own latents, so it takes the rate a flat SAE of that
+        width would (a tree of widths 16 -> 1024 trains its 1024 at the rate of a flat
+        1024, not at the capped rate of 16)."""
+        return tuple(self.widths)
 
     @property
     def work_per_row(self) -> int:

@@ -43,9 +43,11 @@ class RoutedConfig:
         return self.n_parents, self.n_parents * self.n_children
 
     @property
-    def lr_width(self) -> int:
-        """The latents competing in the TopK: the parents (children pick top-1 each)."""
-        return self.n_parents
+    def lr_widths(self) -> tuple[int]:
+        """One parameter group; its rate follows the latents competing in the TopK: the
+        parents (each active parent's children pick their top-1 in a tiny subspace, and
+        receive gradient only through that parent's selection)."""
+        return (self.n_parents,)
 
     @property
     def work_per_row(self) -> int:

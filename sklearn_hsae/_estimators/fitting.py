@@ -132,7 +132,7 @@ class FittingMixin:
         batch = local_batch_size(self.batch_size)
         total = self.max_iter * math.ceil(shard.shape[0] / batch)
         config = self._fit_config(X.shape[1], X.shape[0], total)
-        train = TrainConfig.from_params(self.learning_rate, config.lr_width, total)
+        train = TrainConfig.from_params(self.learning_rate, config.lr_widths, total)
         loop = FitLoop(self._loop_config(batch), shard, rng, self._prepare)
         with deterministic(device.type == "cpu"), self._threads(config, batch):
             extra = loop.resume(lambda: Trainer(self._new_model(config, device), train))
@@ -193,21 +193,21 @@ class FittingMixin:
         if config is not None:
             model = self._initialize(X, check_random_state(self.random_state), config)
             self._config = config
-            return Trainer(model, TrainConfig.from_params(self.learning_rate, config.lr_width, None))
+            return Trainer(model, TrainConfig.from_params(self.learning_rate, config.lr_widths, None))
         trainer = getattr(self, "_trainer", None)
         if trainer is None or next(trainer.model.parameters()).device != device:
             # Unpickled (numpy state only), moved to another device, or loaded by
             # sklearn_hsae.io, whose files hold no optimizer state.
             saved = getattr(self, "_trainer_state", None) if trainer is None else self._optimizer_state(trainer)
             model = self._model_from_state(self._model_state, device)
-            trainer = Trainer(model, TrainConfig.from_params(self.learning_rate, self._config.lr_width, None))
+            trainer = Trainer(model, TrainConfig.from_params(self.learning_rate, self._config.lr_widths, None))
             if saved is not None:
                 trainer.load_state_dict(tree_to_device(saved, device))
             else:
                 # A fresh Adam (zero moments) that keeps counting steps from n_steps_.
                 trainer.step_count = self.n_steps_
         # After fit the cosine schedule is over: streaming continues at a constant rate.
-        trainer.config = TrainConfig.from_params(self.learning_rate, self._config.lr_width, None)
+        trainer.config = TrainConfig.from_params(self.learning_rate, self._config.lr_widths, None)
         return trainer
 
     @staticmethod

@@ -41,7 +41,8 @@ class SparseAutoencoder(BaseSparseAutoencoder):
         Rows per optimiser step, and per block in ``transform``.
     learning_rate : float or "auto", default="auto"
         Peak Adam learning rate; ``"auto"`` is
-        ``min(5e-3, 8e-4 / sqrt(n_components / 2**14))``, as for the hierarchical SAE.
+        ``min(5e-3, 8e-4 / sqrt(n_components / 2**14))``, the rule every level of a
+        hierarchical SAE follows (of its own width).
     aux_coef : float, default=1/32
         Weight of the AuxK loss that revives dead latents; 0 disables it.
     normalize : {"global", "unit"} or None, default="global"

@@ -131,11 +131,13 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         Rows per optimiser step, and per block in ``transform``.
     learning_rate : float or "auto", default="auto"
         Peak Adam learning rate (linear warm-up, cosine decay to a tenth in ``fit``).
-        ``"auto"`` is ``min(5e-3, 8e-4 / sqrt(n_parents / 2**14))``: the width scaling
-        law of Gao et al. (2024) at four times their constant, which suits runs of
-        thousands of steps (see the user guide's "Learning rate"); n_parents is the
-        width the TopK selects from (routed: the parents; tree and nested: the first
-        level).
+        ``"auto"`` gives every dictionary the rate ``min(5e-3, 8e-4 / sqrt(width /
+        2**14))`` of its own width: the width scaling law of Gao et al. (2024) at four
+        times their constant, which suits runs of thousands of steps (see the user
+        guide's "Learning rate"). Routed: one rate, of ``n_parents`` (the TopK over
+        parents; each active parent's children are a top-1 in its own subspace). Tree
+        and nested: one rate per level, of that level's width, so each level trains
+        at the rate a flat SAE of its width gets. A number sets every rate.
     beta : float, default=0.1
         Routed only: weight of the parents-only reconstruction error (paper 1).
     aux_coef : float, default=1/32

@@ -92,6 +92,10 @@ class SAEModel(Protocol):
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Parameter groups whose gradient norms are clipped separately."""
 
+    def lr_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter groups with their own learning rate, one per entry of the config's
+        ``lr_widths``; together every parameter once, in ``parameters()`` order."""
+
     def integer_ranges(self) -> dict[str, tuple[int, int | None]]:
         """Valid ``[low, high)`` of every integer tensor of ``state_dict()`` (None: no
         bound; ``low=-1`` where -1 marks an unassigned slot). Persistence refuses files
@@ -105,7 +109,7 @@ class SAEModel(Protocol):
 class SAEBase(nn.Module):
     """Defaults of the interface that most models share: a decoder bias ``b_dec`` and a
     ``loss_scale`` set from data, nothing to do at the end of a fit, and one
-    gradient-clipping group."""
+    gradient-clipping group and learning rate."""
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
@@ -121,6 +125,9 @@ class SAEBase(nn.Module):
         pass
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
+        return [list(self.parameters())]
+
+    def lr_groups(self) -> list[list[nn.Parameter]]:
         return [list(self.parameters())]
 
 

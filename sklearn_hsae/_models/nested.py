@@ -332,6 +332,13 @@ class NestedSAE(SAEBase):
     def clip_groups(self) -> list:
         return [list(self.parameters())]  # one dictionary: one clip
 
+    def lr_groups(self) -> list:
+        """Each level takes the learning rate of its own width (``NestedConfig.lr_widths``);
+        the shared decoder bias, last in ``parameters()``, goes with the last level."""
+        groups = [list(level.parameters()) for level in self.levels]
+        groups[-1].append(self.b_dec)
+        return groups
+
     def on_fit_end(self) -> None:
         pass  # the tree is the live parent index; nothing to bring up to date
 

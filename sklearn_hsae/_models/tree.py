@@ -281,6 +281,10 @@ class TreeSAE(nn.Module):
         ``perturb_rate = 0`` the levels train exactly as independent SAEs would."""
         return [list(level.parameters()) for level in self.levels]
 
+    def lr_groups(self) -> list:
+        """Each level takes the learning rate of its own width (``TreeConfig.lr_widths``)."""
+        return [list(level.parameters()) for level in self.levels]
+
     def on_fit_end(self) -> None:
         """The exported tree always matches the final encoders."""
         self.reparent()

@@ -17,12 +17,22 @@ from torch import Tensor, nn
 
 
 class Adam:
-    """Adam (Kingma & Ba 2015) over a list of parameters, one group."""
+    """Adam (Kingma & Ba 2015) over groups of parameters, each group with its own rate."""
 
-    def __init__(self, params: list[nn.Parameter], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params = list(params)
-        self.param_groups = [{"lr": lr, "betas": tuple(betas), "eps": eps,
-                              "params": list(range(len(self.params)))}]
+    def __init__(self, groups: list[list[nn.Parameter]], lr, betas=(0.9, 0.999), eps: float = 1e-8):
+        """``groups``: lists of parameters (or one flat list: one group); ``lr``: one rate
+        per group, or a number for all."""
+        if groups and isinstance(groups[0], torch.Tensor):
+            groups = [groups]
+        rates = [lr] * len(groups) if isinstance(lr, (int, float)) else list(lr)
+        if len(rates) != len(groups):
+            raise ValueError(f"{len(rates)} learning rates for {len(groups)} parameter groups")
+        self.params = [p for g in groups for p in g]
+        self.param_groups, start = [], 0
+        for group, rate in zip(groups, rates):
+            self.param_groups.append({"lr": float(rate), "betas": tuple(betas), "eps": eps,
+                                      "params": list(range(start, start + len(group)))})
+            start += len(group)
         self.state: dict[int, dict[str, Tensor]] = {}
 
     def zero_grad(self) -> None:
@@ -31,9 +41,13 @@ class Adam:
 
     @torch.no_grad()
     def step(self) -> None:
-        group = self.param_groups[0]
+        for group in self.param_groups:
+            self._step_group(group)
+
+    def _step_group(self, group: dict) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        for index, param in enumerate(self.params):
+        for index in group["params"]:
+            param = self.params[index]
             grad = param.grad
             if grad is None:  # no gradient this step: no update, no state (as torch)
                 continue
@@ -59,17 +73,22 @@ class Adam:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a state dict of this class or of ``torch.optim.Adam`` (one group)."""
-        (group,) = state["param_groups"]
-        if len(group["params"]) != len(self.params):
-            raise ValueError(
-                f"The optimizer state holds {len(group['params'])} parameters, the model {len(self.params)}."
-            )
-        self.param_groups = [{"lr": group["lr"], "betas": tuple(group["betas"]), "eps": group["eps"],
-                              "params": list(range(len(self.params)))}]
+        """Restore a state dict of this class or of ``torch.optim.Adam``. The moments are
+        per parameter (by index); this optimizer keeps its own grouping and rates, which
+        the trainer sets every step, so a state saved with one group (before trees had a
+        rate per level) restores too."""
+        held = sum(len(group["params"]) for group in state["param_groups"])
+        if held != len(self.params):
+            raise ValueError(f"The optimizer state holds {held} parameters, the model {len(self.params)}.")
+        (betas, eps), = {(tuple(g["betas"]), g["eps"]) for g in state["param_groups"]}
+        for group in self.param_groups:
+            group["betas"], group["eps"] = betas, eps
         self.state = {}
         for index, slots in state["state"].items():
             param = self.params[int(index)]
+            if slots["exp_avg"].shape != param.shape:
+                raise ValueError(f"The optimizer state of parameter {index} has shape "
+                                 f"{tuple(slots['exp_avg'].shape)}, the parameter {tuple(param.shape)}.")
             self.state[int(index)] = {
                 "step": torch.as_tensor(slots["step"], dtype=torch.float32).detach().cpu().clone(),
                 "exp_avg": slots["exp_avg"].detach().to(param.device, param.dtype).clone(),

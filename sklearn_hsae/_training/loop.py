@@ -189,11 +189,10 @@ class FitLoop:
         self.epoch_rng_state = rng_state(self.rng)
 
     def _diverged(self, exc: DivergenceError) -> DivergenceError:
-        lr = self.trainer.config.learning_rate
         return DivergenceError(
             f"Training diverged at step {self.trainer.step_count + 1} (epoch {self.epoch + 1}): "
             f"{exc}. The estimator keeps the weights after step {self.trainer.step_count}. "
-            f"Likely causes: learning_rate={lr:.3g} is too high for this data"
+            f"Likely causes: {self.trainer.config.describe()} is too high for this data"
             + (f", or {self.config.divergence_hint}" if self.config.divergence_hint else "") + "."
         )
 

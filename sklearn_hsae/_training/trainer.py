@@ -1,7 +1,8 @@
 """One optimiser step at a time: Adam, schedule, clipping, decoder constraints, guard.
 
 Boilerplate that could train any of our models: it calls only the model interface
-(``loss``, ``before_optimizer_step``, ``after_optimizer_step``, ``clip_groups``).
+(``loss``, ``before_optimizer_step``, ``after_optimizer_step``, ``clip_groups``,
+``lr_groups``).
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ class StepStats(NamedTuple):
     """(n_levels,) mean active latents per row of every level in the batch."""
 
 
-def learning_rate_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``lr_end_factor`` (or constant when streaming)."""
-    peak = config.learning_rate
+def learning_rate_at(step: int, config: TrainConfig, peak: float | None = None) -> float:
+    """Linear warm-up to ``peak`` (default: the config's, when it is one number), then
+    cosine decay to ``lr_end_factor`` of it (or constant when streaming)."""
+    if peak is None:
+        (peak,) = config.peaks(1)
     if step < config.warmup_steps:
         return peak * (step + 1) / config.warmup_steps
     if config.total_steps is None:
@@ -61,10 +64,15 @@ class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig):
         self.model = model
         self.config = config
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # Parameter groups with their own learning rate (tree levels), in model order.
+        groups = [[p for p in g if p.requires_grad] for g in model.lr_groups()]
+        self.params = [p for g in groups for p in g]
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        if len(self.params) != len(trainable) or {id(p) for p in self.params} != trainable:
+            raise ValueError("lr_groups() must hold every trainable parameter exactly once")
         # Models made of independent parts (tree levels) clip each part on its own.
         self.clip_groups = [[p for p in g if p.requires_grad] for g in model.clip_groups()]
-        self.optimizer = Adam(self.params, config.learning_rate, config.adam_betas, config.adam_eps)
+        self.optimizer = Adam(groups, config.peaks(len(groups)), config.adam_betas, config.adam_eps)
         self.step_count = 0
 
     def step(self, x: Tensor) -> StepStats:
@@ -73,9 +81,9 @@ class Trainer:
         Raises DivergenceError, before touching the weights, when the loss or the
         gradient is not finite.
         """
-        lr = learning_rate_at(self.step_count, self.config)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        peaks = self.config.peaks(len(self.optimizer.param_groups))
+        for group, peak in zip(self.optimizer.param_groups, peaks):
+            group["lr"] = learning_rate_at(self.step_count, self.config, peak)
         self.optimizer.zero_grad()
         self.model.train()
         out = self.model.loss(x)
