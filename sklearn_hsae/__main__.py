@@ -88,6 +88,7 @@ def _fit(args) -> int:
         k=args.k, architecture=args.architecture, n_levels=args.n_levels,
         max_iter=args.max_iter, batch_size=args.batch_size, learning_rate=lr,
         random_state=args.random_state, verbose=args.verbose, checkpoint_dir=args.checkpoint_dir,
+        compile={"auto": "auto", "yes": True, "no": False}[args.compile],
     )
     start = time.perf_counter()
     est.fit(X)
@@ -225,6 +226,9 @@ def _fit_parser(sub):
     _add(fit, "--random-state", type=int, default=0, help="seed of initialisation and shuffling")
     _add(fit, "--checkpoint-dir", metavar="DIR", shown_default="none, no checkpoints",
          help="folder for checkpoints; an interrupted fit resumes from it when run again")
+    _add(fit, "--compile", choices=("auto", "yes", "no"), default="auto",
+         help="routed: compile the child path with torch.compile (auto: for large steps when a "
+              "compiler is present; a failed compile falls back to eager with a warning)")
     _add_progress(fit)
 
 

@@ -248,3 +248,134 @@ def test_children_are_computed_only_for_active_parents():
     largest, where = probe.largest
     assert largest <= m * C * s, where  # parameter-sized at most
     assert largest < B * m * s
+
+
+# ----------------------------------------------------------- compiled child path
+# These compile two small kernels with torch.compile (inductor's C++ backend through the
+# system compiler), once per process and dtype.
+compiled = pytest.mark.skipif(
+    not __import__("sklearn_hsae._models.fused", fromlist=["x"]).compiler_available(torch.device("cpu")),
+    reason="no C++ compiler for inductor on this machine")
+
+
+@compiled
+def test_compiled_kernels_match_eager_and_dense():
+    from sklearn_hsae._models import fused
+    from sklearn_hsae._models.grouped import make_route
+    from sklearn_hsae._models.workspace import Workspace
+
+    gen = torch.Generator().manual_seed(3)
+    B, d, m, s, k = 40, 12, 6, 3, 3
+    x = torch.randn(B + 1, d, generator=gen, dtype=torch.float64)
+    x[B] = 0  # the padding row
+    W = torch.randn(m, s, d, generator=gen, dtype=torch.float64)
+    values = torch.rand(B, k, generator=gen, dtype=torch.float64) - 0.2  # some slots inactive
+    indices = torch.stack([torch.randperm(m, generator=gen)[:k] for _ in range(B)])
+    route = make_route(values, indices, m, Workspace())
+    rows, expert = route.rows.view(route.tiling.pair.shape), route.tiling.expert
+    dense = torch.einsum("tsd,tid->tis", W[expert], x[rows])
+    got = fused.pair_dot(x, W, rows, expert)
+    torch.testing.assert_close(got, dense)
+    torch.testing.assert_close(got, fused.eager_pair_dot(x, W, rows, expert))
+    g = torch.randn(*rows.shape, s, generator=gen, dtype=torch.float64)
+    outer = fused.tile_outer(g, x, rows)
+    torch.testing.assert_close(outer, torch.einsum("tis,tid->tsd", g, x[rows]))
+    torch.testing.assert_close(outer, fused.eager_tile_outer(g, x[rows]))
+    # Shapes are dynamic: another tile count runs the same compiled graph, no recompile.
+    counters = torch._dynamo.utils.counters["stats"]
+    before = counters["unique_graphs"]
+    route2 = make_route(values[:25], indices[:25], m, Workspace())
+    rows2 = route2.rows.view(route2.tiling.pair.shape)
+    assert rows2.shape != rows.shape
+    torch.testing.assert_close(fused.pair_dot(x, W, rows2, route2.tiling.expert),
+                               torch.einsum("tsd,tid->tis", W[route2.tiling.expert], x[rows2]))
+    assert counters["unique_graphs"] == before
+
+
+@compiled
+@pytest.mark.parametrize("l1_coef", [0.0, 0.01])
+def test_compiled_gradients_match_eager_and_dense(l1_coef):
+    model, x = make_model(l1_coef=l1_coef, aux_coef=0.0, beta=0.3)
+    x = torch.cat([x] * 6)  # several tiles per expert
+    grads = {}
+    for mode in (False, True):
+        model.compile_mode = mode
+        model.zero_grad()
+        out = model.loss(x)
+        out.loss.backward()
+        grads[mode] = (out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    model.zero_grad()
+    dense_loss(model, x).backward()
+    torch.testing.assert_close(grads[True][0], grads[False][0])
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[True][1][name], grads[False][1][name], msg=f"gradient of {name}")
+        torch.testing.assert_close(grads[True][1][name], p.grad, msg=f"dense gradient of {name}")
+    with torch.no_grad():  # encoding without a graph takes the compiled kernel too
+        torch.testing.assert_close(model._forward(x).codes.x_hat, dense_reference(model, x)[4])
+
+
+@compiled
+def test_compiled_fits_are_deterministic_and_agree_with_eager():
+    from sklearn_hsae import HierarchicalSparseAutoencoder
+    from sklearn_hsae.datasets import make_hierarchical_activations
+
+    X = make_hierarchical_activations(n_samples=1500, random_state=0)[0].astype(np.float32)
+    params = dict(n_parents=24, n_children=4, k=3, max_iter=2, batch_size=256, random_state=0)
+    a = HierarchicalSparseAutoencoder(compile=True, **params).fit(X)
+    b = HierarchicalSparseAutoencoder(compile=True, **params).fit(X)
+    eager = HierarchicalSparseAutoencoder(compile=False, **params).fit(X)
+    assert np.array_equal(a.components_, b.components_)  # bitwise: resume stays exact
+    assert a.loss_curve_ == b.loss_curve_
+    np.testing.assert_allclose(a.components_, eager.components_, atol=1e-4)
+    assert abs(a.score(X) - eager.score(X)) < 1e-4
+
+
+def test_failed_compilation_warns_once_and_runs_eagerly(monkeypatch):
+    from sklearn_hsae import HierarchicalSparseAutoencoder
+    from sklearn_hsae._models import fused
+
+    def no_compiler(self):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(fused, "COMPILED", fused._Compiled())
+    monkeypatch.setattr(fused._Compiled, "get", no_compiler)
+    X = np.random.RandomState(0).randn(600, 16).astype(np.float32)
+    params = dict(n_parents=8, n_children=3, subspace_dim=2, k=2, max_iter=2, batch_size=100, random_state=0)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the routed child path failed.*No working C"
+                      ) as record:
+        tried = HierarchicalSparseAutoencoder(compile=True, **params).fit(X)
+        HierarchicalSparseAutoencoder(compile=True, **params).fit(X)  # no second warning
+    assert len([w for w in record if "torch.compile" in str(w.message)]) == 1
+    eager = HierarchicalSparseAutoencoder(compile=False, **params).fit(X)
+    assert np.array_equal(tried.components_, eager.components_)
+
+
+def test_auto_compiles_large_steps_only():
+    from sklearn_hsae._models.fused import _AUTO_MIN_PAIR_MACS, compiler_available, use_compiled
+
+    cpu = torch.device("cpu")
+    assert not use_compiled("auto", cpu, _AUTO_MIN_PAIR_MACS / 2)  # a small fit: never imports inductor
+    assert not use_compiled(False, cpu, 1e12)
+    assert use_compiled(True, cpu, 1.0)
+    # On SmolLM2's 576 dimensions (k=32, s=4): batch 4096 compiles, the default 1024
+    # (where compiling measured no gain) stays eager.
+    assert use_compiled("auto", cpu, 6 * 4096 * 32 * 4 * 576) == compiler_available(cpu)
+    assert not use_compiled("auto", cpu, 6 * 1024 * 32 * 4 * 576)
+
+
+def test_a_small_fit_never_imports_the_compiler():
+    """compile="auto" leaves small fits eager: inductor and dynamo take seconds to import."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys, numpy as np\n"
+              "from sklearn_hsae import HierarchicalSparseAutoencoder\n"
+              "X = np.random.RandomState(0).randn(2000, 64).astype('float32')\n"
+              "HierarchicalSparseAutoencoder(n_parents=24, n_children=4, k=3, max_iter=2, random_state=0).fit(X)"
+              ".transform(X)\n"
+              "print(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

@@ -60,7 +60,10 @@ class FittingMixin:
 
     def _new_model(self, config, device):
         _, model_class = self._architecture()
-        return model_class(config, device=device, dtype=DTYPES[self.dtype])
+        model = model_class(config, device=device, dtype=DTYPES[self.dtype])
+        # How to run, not what to learn: kept out of the config (and of saved files' configs).
+        model.compile_mode = getattr(self, "compile", False)
+        return model
 
     def _model_from_state(self, state: dict, device, config=None):
         model = self._new_model(config or self._config, device)

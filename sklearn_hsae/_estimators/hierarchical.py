@@ -178,6 +178,20 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         resumes; on CPU the result is bitwise identical to an uninterrupted fit.
     checkpoint_every : int or None, default=None
         Also checkpoint every this many optimiser steps.
+    compile : {"auto", True, False}, default="auto"
+        Routed only: run the child path (the per-parent down and up projections and
+        their weight gradients) through kernels compiled by ``torch.compile``
+        (inductor: C++ on CPU, Triton on CUDA), which read each row in place instead of
+        copying it once per active parent. ``"auto"`` compiles when a step's child path
+        is large (``batch_size * k * subspace_dim * n_features`` of at least 2.5e8, e.g.
+        ``batch_size=4096`` with ``k=32``, ``subspace_dim=4`` on 576-dimensional
+        activations, where it measured 1.1-1.3x faster steps; at ``batch_size=1024`` it
+        measured no gain) and a compiler is present, so small fits never import
+        inductor; ``True`` always tries, ``False`` never. A failed
+        compilation warns once and the eager kernels take over; compiled kernels are
+        cached on disk by inductor, so a later process skips most of the first compile.
+        Compiled CPU fits are deterministic (bitwise resume holds) and agree with eager
+        ones to float rounding.
 
     Attributes
     ----------
@@ -275,6 +289,7 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         "beta": [Interval(Real, 0, None, closed="left")],
         "l1_coef": [Interval(Real, 0, None, closed="left")],
         "ortho_coef": [Interval(Real, 0, None, closed="left")],
+        "compile": ["boolean", StrOptions({"auto"})],
     }
 
     def __init__(
@@ -306,6 +321,7 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         warm_start=False,
         checkpoint_dir=None,
         checkpoint_every=None,
+        compile="auto",
     ):
         self.n_parents = n_parents
         self.n_children = n_children
@@ -333,6 +349,7 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
         self.warm_start = warm_start
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
+        self.compile = compile
 
     def _architecture(self):
         return ARCHITECTURES[self.architecture]

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import fused
 from .workspace import Workspace
 
 
@@ -98,10 +99,14 @@ class Route(NamedTuple):
     """(B, k) bool, the slot holds a pair (its TopK value is positive)."""
     slot_expert: Tensor
     """(B, k) expert of every slot."""
+    compiled: bool = False
+    """Use the compiled kernels of ``fused.py`` (no (n_tiles, T, d) copies)."""
 
 
-def make_route(values: Tensor, indices: Tensor, n_experts: int, workspace: Workspace) -> Route:
-    """Tile the active slots of TopK codes values, indices (B, k) by expert."""
+def make_route(values: Tensor, indices: Tensor, n_experts: int, workspace: Workspace,
+               compiled: bool = False) -> Route:
+    """Tile the active slots of TopK codes values, indices (B, k) by expert; ``compiled``
+    routes the child path through the compiled kernels of ``fused.py``."""
     B, k = values.shape
     active = values > 0
     flat_slot = torch.nonzero(active.reshape(-1)).squeeze(1)  # (N,)
@@ -113,7 +118,7 @@ def make_route(values: Tensor, indices: Tensor, n_experts: int, workspace: Works
     slot_pos[flat_slot] = pair_pos
     rows = torch.full((tiling.pair.numel(),), B, dtype=torch.long, device=values.device)
     rows[pair_pos] = torch.div(flat_slot, k, rounding_mode="floor")
-    return Route(tiling, workspace, rows, slot_pos.view(B, k), active, indices)
+    return Route(tiling, workspace, rows, slot_pos.view(B, k), active, indices, compiled)
 
 
 def _slot_indices(route: Route, s: int) -> Tensor:
@@ -137,6 +142,31 @@ def _gather_tiles(x: Tensor, route: Route, name: str) -> Tensor:
     return out.view(*route.tiling.pair.shape, x.shape[1])
 
 
+def _padded(x: Tensor) -> Tensor:
+    """x (B, d) with a row of zeros appended: the row padding slots point at."""
+    return torch.cat([x, x.new_zeros(1, x.shape[1])])
+
+
+def _tile_rows(route: Route) -> Tensor:
+    """(n_tiles, T) row of every tile slot (B on padding)."""
+    return route.rows.view(route.tiling.pair.shape)
+
+
+def _compiled_dot(table: Tensor, W: Tensor, route: Route) -> Tensor | None:
+    """``W[expert] @ table[rows]`` per slot by the compiled kernel, or None (go eager)."""
+    return fused.pair_dot(table, W, _tile_rows(route), route.tiling.expert) if route.compiled else None
+
+
+def _tile_grad(g: Tensor, table: Tensor, route: Route) -> Tensor:
+    """Per-tile ``sum_i g[t, i] (x) table[rows[t, i]]`` (n_tiles, s, d): compiled when it
+    can, else from a gather of the rows."""
+    out = fused.tile_outer(g, table, _tile_rows(route)) if route.compiled else None
+    if out is None:
+        gathered = table.index_select(0, route.rows).view(*route.tiling.pair.shape, table.shape[1])
+        out = fused.eager_tile_outer(g, gathered)
+    return out
+
+
 def _sum_tiles(per_tile: Tensor, route: Route, n_experts: int) -> Tensor:
     """Per-tile weight gradients (n_tiles, s, d) summed per expert -> (m, s, d)."""
     out = per_tile.new_zeros(n_experts, *per_tile.shape[1:])
@@ -148,15 +178,23 @@ class _RoutedDown(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, W_down, route):
+        ctx.route = route
+        if route.compiled:  # the rows are read in place; backward re-reads them
+            padded = _padded(x)
+            u = _compiled_dot(padded, W_down, route)
+            if u is not None:
+                ctx.save_for_backward(padded, W_down)
+                ctx.gathered = False
+                return u
         xt = _gather_tiles(x, route, "rows")  # (n_tiles, T, d), saved for backward
         wt = W_down.index_select(0, route.tiling.expert)  # (n_tiles, s, d)
         ctx.save_for_backward(xt, W_down)
-        ctx.route = route
+        ctx.gathered = True
         return torch.bmm(xt, wt.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, grad_u):
-        xt, W_down = ctx.saved_tensors
+        saved, W_down = ctx.saved_tensors
         route = ctx.route
         m, s, d = W_down.shape
         grad_x = grad_w = None
@@ -164,7 +202,11 @@ class _RoutedDown(torch.autograd.Function):
             grad_x = F.embedding_bag(_slot_indices(route, s), W_down.reshape(m * s, d),
                                      per_sample_weights=_per_slot(grad_u, route), mode="sum")
         if ctx.needs_input_grad[1]:
-            grad_w = _sum_tiles(torch.bmm(grad_u.transpose(1, 2), xt), route, m)  # (m, s, d)
+            if ctx.gathered:
+                per_tile = fused.eager_tile_outer(grad_u, saved)
+            else:
+                per_tile = _tile_grad(grad_u.contiguous(), saved, route)
+            grad_w = _sum_tiles(per_tile, route, m)  # (m, s, d)
         return grad_x, grad_w, None
 
 
@@ -183,8 +225,17 @@ class _RoutedUp(torch.autograd.Function):
     def backward(ctx, grad_out):
         v, W_up = ctx.saved_tensors
         route = ctx.route
-        gt = _gather_tiles(grad_out, route, "grad_rows")  # (n_tiles, T, d), zeros on padding
         grad_v = grad_w = None
+        if route.compiled:  # the gradient rows are read in place, never copied per slot
+            table = _padded(grad_out.contiguous())
+            if ctx.needs_input_grad[0]:
+                grad_v = _compiled_dot(table, W_up, route)
+                if grad_v is None:  # compilation failed just now: eager from here on
+                    grad_v = fused.eager_pair_dot(table, W_up, _tile_rows(route), route.tiling.expert)
+            if ctx.needs_input_grad[1]:
+                grad_w = _sum_tiles(_tile_grad(v, table, route), route, W_up.shape[0])
+            return grad_v, grad_w, None
+        gt = _gather_tiles(grad_out, route, "grad_rows")  # (n_tiles, T, d), zeros on padding
         if ctx.needs_input_grad[0]:
             wt = W_up.index_select(0, route.tiling.expert)  # (n_tiles, s, d)
             grad_v = torch.bmm(gt, wt.transpose(1, 2))  # (n_tiles, T, s)
@@ -206,6 +257,10 @@ def _routed_down_chunked(x: Tensor, W_down: Tensor, route: Route) -> Tensor:
     needs none of it, so it walks the tiles in chunks: at B = 4096, k = 32 the full gather
     is ~0.5 GB (with the workspace's headroom) for a 9 MB input block, the chunks ~94 MB.
     """
+    if route.compiled:  # the compiled kernel never copies rows: no chunks needed
+        u = _compiled_dot(_padded(x), W_down, route)
+        if u is not None:
+            return u
     n_tiles, T = route.tiling.pair.shape
     step = min(n_tiles, max(1, _INFERENCE_SLOTS // T))  # tiles per chunk
     padded = torch.cat([x, x.new_zeros(1, x.shape[1])])  # row B: zeros for padding slots
