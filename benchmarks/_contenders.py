@@ -203,6 +203,9 @@ def contenders(widths: tuple[int, ...], rows: int, k: int, routed: tuple[int, in
     out: list[Contender] = [
         OwnEstimator(f"sklearn_hsae routed {P}x{C} (s={s})", "sklearn_hsae", P * (1 + C), rows,
                      {"n_parents": P, "n_children": C, "subspace_dim": s, "k": k}),
+        # The same model with the child path eager (compile=False): what compiling buys.
+        OwnEstimator(f"sklearn_hsae routed {P}x{C} (s={s}) eager", "sklearn_hsae", P * (1 + C), rows,
+                     {"n_parents": P, "n_children": C, "subspace_dim": s, "k": k, "compile": False}),
     ]
     for m in widths:
         out.append(OwnEstimator(f"sklearn_hsae TopK {m}", "sklearn_hsae", m, rows,

@@ -12,6 +12,7 @@ TARGETS = [
     (("sklearn_hsae", "TopK", "max"), ("sparsify", "TopK", "max"), None, None),
     (("sklearn_hsae", "aux_coef=0", "max"), ("sparsify", "TopK", "max"), None, None),
     (("sklearn_hsae", "routed", None), ("sae_lens", "TopK", "max"), None, None),
+    (("sklearn_hsae", "routed", None), ("sklearn_hsae", "eager", None), None, None),  # compile's gain
     (("sklearn_hsae", "TopK", "small"), ("sae_lens", "TopK", "small"), None, None),
 ]
 

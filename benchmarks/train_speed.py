@@ -124,10 +124,10 @@ def summarise(cands, timing) -> dict:
 def gemm_probe(contender, batch: np.ndarray, repeats: int = 7) -> dict:
     """Achieved GFLOP/s of our encoder GEMM as the model runs it vs a plain ``torch.mm``.
 
-    Ours: ``common.encode`` (``addmm`` with bias into the reused workspace buffer);
+    Ours: ``common.pre_activations`` (``addmm`` with bias into the reused workspace buffer);
     plain: ``torch.mm(x, W.T)`` into a fresh tensor, alternated in the same loop.
     """
-    from sklearn_hsae._models.common import encode
+    from sklearn_hsae._models.common import pre_activations
 
     model = contender.torch_model()
     W, b = model.W_enc.detach(), model.b_enc.detach()
@@ -137,7 +137,7 @@ def gemm_probe(contender, batch: np.ndarray, repeats: int = 7) -> dict:
     ours, plain = [], []
     for _ in range(repeats):
         t = time.perf_counter()
-        encode(x, W, b, out=buf)
+        pre_activations(x, W, b, out=buf)
         ours.append(time.perf_counter() - t)
         t = time.perf_counter()
         torch.mm(x, W.T)
@@ -232,6 +232,8 @@ def main(argv=None):
                "settings": {k: v for k, v in vars(args).items() if k != "probe"},
                "contenders": results, "load_per_round": loads}
     own = [c for c in cands if c.library == "sklearn_hsae"]
+    payload["ratios"] = ratio_table(results, args.widths)
+    print(json.dumps({"contenders": results, "ratios": payload["ratios"]}, indent=1), flush=True)
     payload["gemm"] = [gemm_probe(c, pool[0]) for c in own if c.name.startswith(("sklearn_hsae routed",))]
     if args.profile:
         picks = [c for c in own if "routed" in c.name or c.name.endswith(f" {args.widths[min(1, len(args.widths) - 1)]}")]
