@@ -17,7 +17,7 @@ def test_corpus_sizes_and_labels():
     # Bump CORPUS_REVISION (it keys the cache) whenever these change.
     assert len(c["texts"]) == 4909
     source = np.array(c["source"])
-    assert [int((source == s).sum()) for s in _corpus.SOURCES] == [2689, 2020, 200]
+    assert [int((source == s).sum()) for s in _corpus.SOURCES] == [2689, 2020, 200, 0]  # no wikipedia
     topic, sentiment = np.array(c["topic"], object), np.array(c["sentiment"], object)
     assert set(topic[source == "usenet"]) == {"atheism", "space"}
     assert set(topic[source != "usenet"]) == {None}
@@ -34,6 +34,26 @@ def test_corpus_sizes_and_labels():
     small = _corpus.read_corpus(n_texts=2)
     assert small["source"] == ["news", "news", "usenet", "usenet", "review", "review"]
     assert small["texts"][:2] == c["texts"][:2]
+
+
+@needs_gensim
+def test_the_wikipedia_sample_is_plain_text_after_the_default_corpus():
+    default = _corpus.read_corpus()
+    c = _corpus.read_corpus(wikipedia=True)
+    n = len(default["texts"])
+    assert c["texts"][:n] == default["texts"]  # the default corpus first, unchanged
+    source, topic = np.array(c["source"]), np.array(c["topic"], object)
+    wiki = [t for t, s in zip(c["texts"], source) if s == "wikipedia"]
+    assert len(wiki) == 19_645 and len(c["texts"]) == n + len(wiki)
+    titles = set(topic[source == "wikipedia"])
+    assert len(titles) == 106 and {"Anarchism", "Autism"} <= titles  # 106 articles, no redirects
+    assert 400_000 < sum(len(t.split()) for t in wiki) < 450_000
+    assert not any(len(t.split()) > 48 for t in wiki)
+    # Markup is gone: no links, templates, bold/italic quotes, headings or table cells.
+    leftovers = [t for t in wiki if any(m in t for m in ("[[", "]]", "{{", "}}", "''", "==", "<ref"))]
+    assert leftovers == []
+    groups = np.array(c["group"])[source == "wikipedia"]
+    assert len(set(groups)) == 106 and groups.min() > max(default["group"])
 
 
 def test_strip_usenet_and_split_sentences():

@@ -47,3 +47,17 @@ def test_fetch_reads_its_cache_the_second_time(tmp_path, monkeypatch):
     for key, value in labels.items():
         np.testing.assert_array_equal(second[key], value)
     assert second.word_start.sum() > 50 and second.has_digit.sum() >= 1
+
+
+@needs_gensim
+@pytest.mark.slow
+def test_fetch_with_wikipedia_has_its_own_cache(tmp_path):
+    data = fetch_text_activations(tmp_path, layer=6, n_texts=1, wikipedia=True)
+    assert data.source.tolist() == ["news", "usenet", "review", "wikipedia"]
+    assert data.topic[-1] == "Anarchism"
+    (folder,) = (tmp_path / "text_activations").iterdir()
+    assert folder.name.endswith("-wiki-first1")
+    assert json.loads((folder / "meta.json").read_text())["wikipedia"] is True
+    plain = fetch_text_activations(tmp_path, layer=6, n_texts=1)
+    assert plain.source.tolist() == ["news", "usenet", "review"]
+    assert len(list((tmp_path / "text_activations").iterdir())) == 2

@@ -7,6 +7,11 @@ Three sources, each with honest labels that come with the data:
   compressed Python 2 pickle of an sklearn Bunch -> source "usenet", topic "atheism"/"space".
   Headers (which name the newsgroup), quoted lines, attributions, signatures and e-mail
   addresses are stripped, as ``fetch_20newsgroups(remove=...)`` does.
+* ``enwiki-...-shortened.bz2`` (only with ``wikipedia=True``): the English Wikipedia
+  articles of the sample (namespace 0, redirects skipped), markup removed by gensim's own
+  ``filter_wiki`` (gensim is imported for this source only) -> source "wikipedia",
+  topic the article title. Headings, table rows, list markers and infobox fields are
+  dropped with the markup.
 * ``pang_lee_polarity.cor``: 200 movie-review sentences, ``__label__pos``/``__label__neg``,
   cp1252 -> source "review", sentiment "pos"/"neg". Lower-cased and pre-tokenised
   (" , "), so the source is trivially visible in these texts.
@@ -31,7 +36,11 @@ import numpy as np
 CORPUS_REVISION = 1  # keys the cache: bump it when texts, labels or the extraction recipe change
 _MAX_WORDS = 48
 _MIN_WORDS = 4  # shorter fragments (signatures, "Thanks,") are dropped from news and usenet
-SOURCES = ("news", "usenet", "review")
+SOURCES = ("news", "usenet", "review", "wikipedia")
+WIKIPEDIA_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+_WIKI_HEADING = re.compile(r"^\s*={2,}.*={2,}\s*$", re.MULTILINE)
+_WIKI_EMPHASIS = re.compile(r"'{2,}")  # bold / italic quotes filter_wiki leaves
+_WIKI_RESIDUE = re.compile(r"^\s*([|!*#:;]|thumb\||\w+\s*=)", re.MULTILINE)  # table rows, lists, infobox fields
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _PARAGRAPH = re.compile(r"\n\s*\n")
@@ -124,8 +133,28 @@ def _newsgroup_posts(folder: Path) -> list[tuple[str, str]]:
     return [(post, names[t]) for post, t in zip(bunch["data"], bunch["target"])]
 
 
-def _documents(folder: Path) -> list[tuple[str, str, str | None, str | None]]:
-    """(text, source, topic, sentiment) for every document of the three sources."""
+def wikipedia_articles(folder: Path) -> list[tuple[str, str]]:
+    """(title, plain text) of every article of the wheel's Wikipedia sample."""
+    import bz2
+
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    out = []
+    with bz2.open(folder / WIKIPEDIA_FILE) as f:
+        for title, text, _ in extract_pages(f, filter_namespaces=("0",)):
+            if not text or text.lstrip().lower().startswith("#redirect"):
+                continue
+            plain = _WIKI_EMPHASIS.sub("", filter_wiki(text))
+            plain = _WIKI_HEADING.sub("\n", plain)
+            lines = [line for line in plain.splitlines() if not _WIKI_RESIDUE.match(line)]
+            plain = "\n".join(lines).strip()
+            if plain:
+                out.append((title, plain))
+    return out
+
+
+def _documents(folder: Path, wikipedia: bool = False) -> list[tuple[str, str, str | None, str | None]]:
+    """(text, source, topic, sentiment) for every document of the sources."""
     docs = []
     with open(folder / "lee_background.cor", encoding="latin-1") as f:
         docs += [(line, "news", None, None) for line in f if line.strip()]
@@ -135,11 +164,14 @@ def _documents(folder: Path) -> list[tuple[str, str, str | None, str | None]]:
             label, _, sentence = line.strip().partition(" ")
             if sentence:
                 docs.append((sentence, "review", None, label.removeprefix("__label__")))
+    if wikipedia:
+        docs += [(text, "wikipedia", title, None) for title, text in wikipedia_articles(folder)]
     return docs
 
 
-def read_corpus(n_texts: int | None = None) -> dict:
-    """Texts (sentences or chunks) with their labels, in a fixed order.
+def read_corpus(n_texts: int | None = None, wikipedia: bool = False) -> dict:
+    """Texts (sentences or chunks) with their labels, in a fixed order; ``wikipedia``
+    appends the Wikipedia sample's articles (source "wikipedia", topic = title).
 
     ``n_texts`` keeps the first ``n_texts`` texts of every source (for tests and quick
     looks). Returns a dict of equally long lists: ``texts``, ``source``, ``topic`` and
@@ -148,7 +180,7 @@ def read_corpus(n_texts: int | None = None) -> dict:
     """
     columns = {key: [] for key in ("texts", "source", "topic", "sentiment", "group")}
     taken = dict.fromkeys(SOURCES, 0)
-    for group, (text, source, topic, sentiment) in enumerate(_documents(gensim_test_data())):
+    for group, (text, source, topic, sentiment) in enumerate(_documents(gensim_test_data(), wikipedia)):
         pieces = [text.strip()] if source == "review" else split_sentences(text)
         for piece in pieces:
             if source != "review" and len(piece.split()) < _MIN_WORDS:

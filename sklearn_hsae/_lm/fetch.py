@@ -35,10 +35,12 @@ Texts: sentences (long ones cut into chunks of <= 48 words) from three sources s
 the gensim wheel's test data: 299 ABC news articles (lee_background), 200 20-Newsgroups
 posts from alt.atheism and sci.space (mini_newsgroup; headers, quotes, attributions,
 signatures and e-mail addresses stripped) and 200 movie-review sentences (Pang & Lee
-polarity; lower-cased and pre-tokenised, so their source is easy to spot).
+polarity; lower-cased and pre-tokenised, so their source is easy to spot); with
+wikipedia=True also the 106 English Wikipedia articles of the wheel's sample (source
+"wikipedia", topic = article title).
 
 Rows: one per token, BOS and massive-norm tokens (norm > 1000) left out.
-Per-text labels: source, topic (usenet only), sentiment (reviews only), group (the
+Per-text labels: source, topic (usenet; Wikipedia: the title), sentiment (reviews only), group (the
 original document, for grouped cross-validation). Index them with doc_index for tokens.
 Per-token labels, read off the token strings: word_start, capitalized, has_digit, punct.
 """
@@ -76,18 +78,20 @@ def get_data_home(data_home=None) -> str:
     return str(path)
 
 
-def _cache_name(model: str, layer: int, n_texts: int | None) -> str:
+def _cache_name(model: str, layer: int, n_texts: int | None, wikipedia: bool = False) -> str:
     if model == SMOLLM2:
         slug = model
     else:  # a local directory: its name, and a hash of where it is
         path = str(Path(model).resolve())
         slug = f"{Path(path).name}-{hashlib.sha1(path.encode()).hexdigest()[:10]}"
     subset = "" if n_texts is None else f"-first{n_texts}"
-    return f"{slug}-L{layer}-{corpus.corpus_version()}{subset}"
+    wiki = "-wiki" if wikipedia else ""
+    return f"{slug}-L{layer}-{corpus.corpus_version()}{wiki}{subset}"
 
 
-def _write_cache(folder: Path, model, layer: int, n_texts, batch_size: int, verbose) -> None:
-    columns = corpus.read_corpus(n_texts)
+def _write_cache(folder: Path, model, layer: int, n_texts, batch_size: int, verbose,
+                 wikipedia: bool = False) -> None:
+    columns = corpus.read_corpus(n_texts, wikipedia)
     start = time.perf_counter()
     acts = extract_activations(columns["texts"], model, layer, batch_size=batch_size,
                                verbose=verbose)
@@ -105,6 +109,7 @@ def _write_cache(folder: Path, model, layer: int, n_texts, batch_size: int, verb
             "layer": layer,
             "corpus_version": corpus.corpus_version(),
             "n_texts": n_texts,
+            "wikipedia": wikipedia,
             "n_tokens": len(acts.X),
             "n_dropped": acts.n_dropped,
             "max_norm": 1000.0,
@@ -158,6 +163,7 @@ def _read_cache(folder: Path) -> Bunch:
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "download_if_missing": ["boolean"],
         "verbose": ["verbose"],
+        "wikipedia": ["boolean"],
     },
     prefer_skip_nested_validation=True,
 )
@@ -170,6 +176,7 @@ def fetch_text_activations(
     batch_size=32,
     download_if_missing=True,
     verbose=0,
+    wikipedia=False,
 ):
     """Token activations of a labelled English corpus (news, Usenet, reviews), cached.
 
@@ -200,6 +207,13 @@ def fetch_text_activations(
         0 prints nothing; 1 or more draws a progress bar (tokens per second and time
         left) on stderr while the first call extracts, and transformers' own bars when
         the model is loaded. A call that reads the cache draws nothing.
+    wikipedia : bool, default=False
+        Also take the 106 English Wikipedia articles of the gensim wheel's sample
+        (``enwiki-...-shortened.bz2``, markup removed by gensim's ``filter_wiki``; gensim
+        is imported for this only): 19,645 more texts, about 420k words, source
+        ``"wikipedia"`` with the article title as ``topic``. Cached in its own folder
+        (``...-wiki``); the first extraction takes several times longer than the
+        default corpus. For training sets where wide dictionaries need more tokens.
 
     Returns
     -------
@@ -207,8 +221,8 @@ def fetch_text_activations(
         Per row (token): ``X`` (n_tokens, d_model) float32, ``tokens``, ``doc_index``
         (into ``texts``), ``position`` (BOS = 0) and the boolean labels
         ``word_start``, ``capitalized``, ``has_digit``, ``punct``. Per text:
-        ``texts``, ``source`` ("news", "usenet", "review"), ``topic`` ("atheism",
-        "space", or None outside usenet), ``sentiment`` ("pos", "neg", or None outside
+        ``texts``, ``source`` ("news", "usenet", "review", "wikipedia"), ``topic`` ("atheism",
+        "space", the article title for wikipedia, else None), ``sentiment`` ("pos", "neg", or None outside
         reviews) and ``group`` (the original document). Also ``n_dropped`` (massive-norm
         rows left out), ``model``, ``layer``, ``corpus_version`` and ``DESCR``.
 
@@ -222,9 +236,10 @@ def fetch_text_activations(
     >>> data.topic[data.source == "usenet"].tolist()
     ['atheism', 'space']
     """
-    folder = Path(get_data_home(data_home)) / "text_activations" / _cache_name(str(model), layer, n_texts)
+    folder = Path(get_data_home(data_home)) / "text_activations" / _cache_name(str(model), layer, n_texts,
+                                                                              wikipedia)
     if not (folder / "meta.json").is_file():
         if not download_if_missing:
             raise OSError(f"No cached activations at {folder}, and download_if_missing=False.")
-        _write_cache(folder, str(model), layer, n_texts, batch_size, verbose)
+        _write_cache(folder, str(model), layer, n_texts, batch_size, verbose, wikipedia)
     return _read_cache(folder)
