@@ -271,8 +271,8 @@ def main(argv=None) -> None:
     settings = {"wikipedia": args.wikipedia, "max_iter": args.max_iter,
                 "n_train_tokens": int(train.sum()), "n_test_tokens": int(test.sum()),
                 "n_ce_texts": args.n_ce_texts}
-    name = "pareto_wikipedia" if args.wikipedia else "pareto"  # another corpus: another file
-    rows = _kept_rows(out / f"{name}.json", settings, set(grid)) if out else []
+    stem = "pareto_wikipedia" if args.wikipedia else "pareto"  # another corpus: another file
+    rows = _kept_rows(out / f"{stem}.json", settings, set(grid)) if out else []
     report = {"machine": common.machine_info(torch.get_num_threads()), **settings, "repeats": args.repeats}
     for name, (family, est) in grid.items():
         est.set_params(max_iter=args.max_iter)
@@ -281,9 +281,9 @@ def main(argv=None) -> None:
         report["rows"] = rows
         if out:  # after every contender: a long run interrupted keeps what it measured
             out.mkdir(parents=True, exist_ok=True)
-            (out / f"{name}.json").write_text(json.dumps(report, indent=1))
-            (out / f"{name}.md").write_text(markdown(report))
-            plot(rows, out / f"{name}.png")
+            (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+            (out / f"{stem}.md").write_text(markdown(report))
+            plot(rows, out / f"{stem}.png")
     print(markdown(report))
 
 
