@@ -36,7 +36,8 @@ import torch
 from sklearn_hsae import HierarchicalSparseAutoencoder, SparseAutoencoder
 from sklearn_hsae._config import auto_learning_rate
 from sklearn_hsae.datasets import fetch_text_activations, make_hierarchical_activations
-from sklearn_hsae.metrics import fvu, tree_recovery
+from benchmarks.recovery import hierarchical_recovery
+from sklearn_hsae.metrics import fvu
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -71,14 +72,7 @@ def _recovery(est, parents, children, child_parent) -> dict:
         sums /= np.linalg.norm(sums, axis=1, keepdims=True)
         return {"parent_recovered": round(float(np.mean(np.abs(parents @ est.components_.T).max(1) >= 0.8)), 4),
                 "child_recovered": round(float(np.mean(np.abs(sums @ est.components_.T).max(1) >= 0.8)), 4)}
-    truth = children
-    if est.architecture == "tree":
-        truth = parents[child_parent] + children
-        truth = truth / np.linalg.norm(truth, axis=1, keepdims=True)
-    r = tree_recovery(parents, truth, child_parent, est.parent_components_, est.child_components_,
-                      est.child_parent_)
-    return {k: round(float(r[k]), 4) for k in ("parent_recovered", "child_recovered",
-                                                "children_under_true_parent")}
+    return hierarchical_recovery(est, parents, children, child_parent)
 
 
 def synthetic(seeds, max_iter: int) -> list[dict]:

@@ -43,13 +43,10 @@ from torch import Tensor
 _AUTO_MIN_PAIR_MACS = 1.5e9
 
 
-def eager_pair_dot(table: Tensor, W: Tensor, rows: Tensor, expert: Tensor, out: Tensor | None = None) -> Tensor:
-    """(n_tiles, T, s) via a gather of rows into ``out`` (a reusable buffer) and ``bmm``."""
+def eager_pair_dot(table: Tensor, W: Tensor, rows: Tensor, expert: Tensor) -> Tensor:
+    """(n_tiles, T, s) via a gather of rows and ``bmm`` (the fallback of ``pair_dot``)."""
     n_tiles, T = rows.shape
-    if out is None:
-        gathered = table.index_select(0, rows.reshape(-1))
-    else:
-        gathered = torch.index_select(table, 0, rows.reshape(-1), out=out)
+    gathered = table.index_select(0, rows.reshape(-1))
     return torch.bmm(gathered.view(n_tiles, T, -1), W.index_select(0, expert).transpose(1, 2))
 
 

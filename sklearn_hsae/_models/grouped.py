@@ -134,17 +134,17 @@ def _per_slot(tiled: Tensor, route: Route) -> Tensor:
     return flat.reshape(flat.shape[0], -1)
 
 
-def _gather_tiles(x: Tensor, route: Route, name: str) -> Tensor:
-    """Rows of x (B, d) for every tile slot -> (n_tiles, T, d), zeros on padding."""
-    padded = torch.cat([x, x.new_zeros(1, x.shape[1])])
-    out = route.workspace.get(name, (route.rows.numel(), x.shape[1]), x.dtype, x.device)
-    torch.index_select(padded, 0, route.rows, out=out)
-    return out.view(*route.tiling.pair.shape, x.shape[1])
-
-
 def _padded(x: Tensor) -> Tensor:
     """x (B, d) with a row of zeros appended: the row padding slots point at."""
     return torch.cat([x, x.new_zeros(1, x.shape[1])])
+
+
+def _gather_tiles(x: Tensor, route: Route, name: str) -> Tensor:
+    """Rows of x (B, d) for every tile slot -> (n_tiles, T, d), zeros on padding."""
+    padded = _padded(x)
+    out = route.workspace.get(name, (route.rows.numel(), x.shape[1]), x.dtype, x.device)
+    torch.index_select(padded, 0, route.rows, out=out)
+    return out.view(*route.tiling.pair.shape, x.shape[1])
 
 
 def _tile_rows(route: Route) -> Tensor:
@@ -263,7 +263,7 @@ def _routed_down_chunked(x: Tensor, W_down: Tensor, route: Route) -> Tensor:
             return u
     n_tiles, T = route.tiling.pair.shape
     step = min(n_tiles, max(1, _INFERENCE_SLOTS // T))  # tiles per chunk
-    padded = torch.cat([x, x.new_zeros(1, x.shape[1])])  # row B: zeros for padding slots
+    padded = _padded(x)  # row B: zeros for padding slots
     rows = route.rows.view(n_tiles, T)
     out = x.new_empty(n_tiles, T, W_down.shape[1])  # (n_tiles, T, s)
     buffer = route.workspace.get("rows_chunk", (step * T, x.shape[1]), x.dtype, x.device)
