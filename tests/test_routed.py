@@ -251,27 +251,112 @@ def test_children_are_computed_only_for_active_parents():
 
 
 # ----------------------------------------------------------- compiled child path
-# These compile two small kernels with torch.compile (inductor's C++ backend through the
-# system compiler), once per process and dtype.
+# The CPU kernels of native.py (kernels.c, built once per machine with the C compiler)
+# and inductor's (fused.py, for CUDA; tested here on its C++ backend).
+cc = pytest.mark.skipif(
+    __import__("sklearn_hsae._models.native", fromlist=["x"]).compiler() is None,
+    reason="no C compiler on this machine")
+
+
+def _routing(B=40, m=6, k=3, seed=3, dtype=torch.float64):
+    from sklearn_hsae._models.grouped import make_route
+    from sklearn_hsae._models.workspace import Workspace
+
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.rand(B, k, generator=gen, dtype=dtype) - 0.2  # some slots inactive
+    indices = torch.stack([torch.randperm(m, generator=gen)[:k] for _ in range(B)])
+    return make_route(values, indices, m, Workspace()), gen
+
+
+@cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("s", [3, 4, 6])
+def test_native_kernels_match_einsum(dtype, s, monkeypatch):
+    from sklearn_hsae._models import native
+
+    B, d, m = 40, 13, 6
+    route, gen = _routing(B, m)
+    rows, expert = route.rows.view(route.tiling.pair.shape), route.tiling.expert
+    assert (rows == B).any()  # padding slots, which must read as zeros
+    x = torch.randn(B, d, generator=gen, dtype=dtype)
+    padded = torch.cat([x, x.new_zeros(1, d)])
+    W = torch.randn(m, s, d, generator=gen, dtype=dtype)
+    g = torch.randn(*rows.shape, s, generator=gen, dtype=dtype)
+    dot = torch.einsum("tsd,tid->tis", W[expert], padded[rows])  # (n_tiles, T, s)
+    outer = torch.zeros(m, s, d, dtype=dtype).index_add_(0, expert, torch.einsum("tis,tid->tsd", g, padded[rows]))
+    v = torch.randn(B, 3, s, generator=gen, dtype=dtype)
+    row_sum = torch.einsum("bqs,bqsd->bd", v, W[route.slot_expert])
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
+    got = {"dot": native.pair_dot(x, W, rows, expert),
+           "outer": native.expert_outer(g, x, rows, route.tiling.start),
+           "fused": native.dot_outer(g, x, W, rows, route.tiling.start),
+           "row_sum": native.slot_sum(v, W, route.slot_expert)}
+    torch.testing.assert_close(got["dot"], dot, **tol)
+    torch.testing.assert_close(got["outer"], outer, **tol)
+    torch.testing.assert_close(got["fused"][0], dot, **tol)
+    torch.testing.assert_close(got["fused"][1], outer, **tol)
+    torch.testing.assert_close(got["row_sum"], row_sum, **tol)
+    # Work split over threads: every element is summed by one call in a fixed order, so
+    # one thread and many give the same bits.
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        split = {"dot": native.pair_dot(x, W, rows, expert),
+                 "outer": native.expert_outer(g, x, rows, route.tiling.start),
+                 "row_sum": native.slot_sum(v, W, route.slot_expert)}
+    finally:
+        torch.set_num_threads(previous)
+    for name, value in split.items():
+        assert torch.equal(value, got[name]), name
+
+
+@cc
+def test_native_kernels_refuse_bad_indices_and_dtypes():
+    from sklearn_hsae._models import native
+
+    route, gen = _routing()
+    rows, expert = route.rows.view(route.tiling.pair.shape), route.tiling.expert
+    x, W = torch.randn(40, 5, dtype=torch.float64), torch.randn(6, 3, 5, dtype=torch.float64)
+    with pytest.raises(IndexError, match="out of range"):
+        native.pair_dot(x, W, rows, expert.clone().fill_(6))
+    bad_rows = rows.clone()
+    bad_rows[0, 0] = 41  # one past the padding row
+    with pytest.raises(IndexError, match="out of range"):
+        native.expert_outer(torch.ones(*rows.shape, 3, dtype=torch.float64), x, bad_rows, route.tiling.start)
+    with pytest.raises(TypeError, match="one dtype"):
+        native.pair_dot(x.float(), W, rows, expert)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        native.slot_sum(torch.ones(40, 3, 3, dtype=torch.float16), W.half(), route.slot_expert)
+
+
+@cc
+def test_native_build_is_cached_per_source(tmp_path, monkeypatch):
+    from sklearn_hsae._models import native
+
+    monkeypatch.setenv("SKLEARN_HSAE_CACHE", str(tmp_path))
+    first = native._build(native.compiler())
+    assert first.parent == tmp_path and first.suffix == ".so"
+    stamp = first.stat().st_mtime_ns
+    assert native._build(native.compiler()) == first  # a second process reuses it
+    assert first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary file left
+
+
 compiled = pytest.mark.skipif(
-    not __import__("sklearn_hsae._models.fused", fromlist=["x"]).compiler_available(torch.device("cpu")),
+    not any(__import__("shutil").which(c) for c in ("g++", "c++", "clang++")),
     reason="no C++ compiler for inductor on this machine")
 
 
 @compiled
 def test_compiled_kernels_match_eager_and_dense():
     from sklearn_hsae._models import fused
-    from sklearn_hsae._models.grouped import make_route
-    from sklearn_hsae._models.workspace import Workspace
 
-    gen = torch.Generator().manual_seed(3)
-    B, d, m, s, k = 40, 12, 6, 3, 3
+    B, d, m, s = 40, 12, 6, 3
+    route, gen = _routing(B, m)
     x = torch.randn(B + 1, d, generator=gen, dtype=torch.float64)
     x[B] = 0  # the padding row
     W = torch.randn(m, s, d, generator=gen, dtype=torch.float64)
-    values = torch.rand(B, k, generator=gen, dtype=torch.float64) - 0.2  # some slots inactive
-    indices = torch.stack([torch.randperm(m, generator=gen)[:k] for _ in range(B)])
-    route = make_route(values, indices, m, Workspace())
     rows, expert = route.rows.view(route.tiling.pair.shape), route.tiling.expert
     dense = torch.einsum("tsd,tid->tis", W[expert], x[rows])
     got = fused.pair_dot(x, W, rows, expert)
@@ -284,7 +369,7 @@ def test_compiled_kernels_match_eager_and_dense():
     # Shapes are dynamic: another tile count runs the same compiled graph, no recompile.
     counters = torch._dynamo.utils.counters["stats"]
     before = counters["unique_graphs"]
-    route2 = make_route(values[:25], indices[:25], m, Workspace())
+    route2, _ = _routing(25, m, seed=4)
     rows2 = route2.rows.view(route2.tiling.pair.shape)
     assert rows2.shape != rows.shape
     torch.testing.assert_close(fused.pair_dot(x, W, rows2, route2.tiling.expert),
@@ -292,30 +377,37 @@ def test_compiled_kernels_match_eager_and_dense():
     assert counters["unique_graphs"] == before
 
 
-@compiled
+def _force_kernels(monkeypatch, kernels):
+    """Route every step of RoutedSAE through ``kernels``, whatever the device."""
+    from sklearn_hsae._models import routed
+
+    monkeypatch.setattr(routed, "kernels_for", lambda *a: kernels)
+
+
+@pytest.mark.parametrize("kernels", [pytest.param("native", marks=cc), pytest.param("inductor", marks=compiled)])
 @pytest.mark.parametrize("l1_coef", [0.0, 0.01])
-def test_compiled_gradients_match_eager_and_dense(l1_coef):
+def test_fast_kernels_gradients_match_eager_and_dense(kernels, l1_coef, monkeypatch):
     model, x = make_model(l1_coef=l1_coef, aux_coef=0.0, beta=0.3)
     x = torch.cat([x] * 6)  # several tiles per expert
     grads = {}
-    for mode in (False, True):
-        model.compile_mode = mode
+    for mode in ("eager", kernels):
+        _force_kernels(monkeypatch, mode)
         model.zero_grad()
         out = model.loss(x)
         out.loss.backward()
         grads[mode] = (out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
     model.zero_grad()
     dense_loss(model, x).backward()
-    torch.testing.assert_close(grads[True][0], grads[False][0])
+    torch.testing.assert_close(grads[kernels][0], grads["eager"][0])
     for name, p in model.named_parameters():
-        torch.testing.assert_close(grads[True][1][name], grads[False][1][name], msg=f"gradient of {name}")
-        torch.testing.assert_close(grads[True][1][name], p.grad, msg=f"dense gradient of {name}")
-    with torch.no_grad():  # encoding without a graph takes the compiled kernel too
+        torch.testing.assert_close(grads[kernels][1][name], grads["eager"][1][name], msg=f"gradient of {name}")
+        torch.testing.assert_close(grads[kernels][1][name], p.grad, msg=f"dense gradient of {name}")
+    with torch.no_grad():  # encoding without a graph takes the same kernels
         torch.testing.assert_close(model._forward(x).codes.x_hat, dense_reference(model, x)[4])
 
 
-@compiled
-def test_compiled_fits_are_deterministic_and_agree_with_eager():
+@cc
+def test_native_fits_are_deterministic_and_agree_with_eager():
     from sklearn_hsae import HierarchicalSparseAutoencoder
     from sklearn_hsae.datasets import make_hierarchical_activations
 
@@ -330,6 +422,25 @@ def test_compiled_fits_are_deterministic_and_agree_with_eager():
     assert abs(a.score(X) - eager.score(X)) < 1e-4
 
 
+_SMALL = dict(n_parents=8, n_children=3, subspace_dim=2, k=2, max_iter=2, batch_size=100, random_state=0)
+
+
+def test_failed_native_build_warns_once_and_runs_eagerly(monkeypatch):
+    from sklearn_hsae import HierarchicalSparseAutoencoder
+    from sklearn_hsae._models import fused, native
+
+    monkeypatch.setattr(native, "LIBRARY", native._Library())
+    monkeypatch.setattr(native, "compiler", lambda: "/nonexistent/cc")
+    monkeypatch.setattr(fused._NativeWarning, "warned", False)
+    X = np.random.RandomState(0).randn(600, 16).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="building the routed child path's C kernels failed") as record:
+        tried = HierarchicalSparseAutoencoder(compile=True, **_SMALL).fit(X)
+        HierarchicalSparseAutoencoder(compile="auto", **_SMALL).fit(X)  # no second warning
+    assert len([w for w in record if "C kernels" in str(w.message)]) == 1
+    eager = HierarchicalSparseAutoencoder(compile=False, **_SMALL).fit(X)
+    assert np.array_equal(tried.components_, eager.components_)
+
+
 def test_failed_compilation_warns_once_and_runs_eagerly(monkeypatch):
     from sklearn_hsae import HierarchicalSparseAutoencoder
     from sklearn_hsae._models import fused
@@ -339,30 +450,34 @@ def test_failed_compilation_warns_once_and_runs_eagerly(monkeypatch):
 
     monkeypatch.setattr(fused, "COMPILED", fused._Compiled())
     monkeypatch.setattr(fused._Compiled, "get", no_compiler)
+    _force_kernels(monkeypatch, "inductor")
     X = np.random.RandomState(0).randn(600, 16).astype(np.float32)
-    params = dict(n_parents=8, n_children=3, subspace_dim=2, k=2, max_iter=2, batch_size=100, random_state=0)
     with pytest.warns(RuntimeWarning, match="torch.compile of the routed child path failed.*No working C"
                       ) as record:
-        tried = HierarchicalSparseAutoencoder(compile=True, **params).fit(X)
-        HierarchicalSparseAutoencoder(compile=True, **params).fit(X)  # no second warning
+        tried = HierarchicalSparseAutoencoder(compile=True, **_SMALL).fit(X)
+        HierarchicalSparseAutoencoder(compile=True, **_SMALL).fit(X)  # no second warning
     assert len([w for w in record if "torch.compile" in str(w.message)]) == 1
-    eager = HierarchicalSparseAutoencoder(compile=False, **params).fit(X)
+    _force_kernels(monkeypatch, "eager")
+    eager = HierarchicalSparseAutoencoder(compile=False, **_SMALL).fit(X)
     assert np.array_equal(tried.components_, eager.components_)
 
 
-def test_auto_compiles_large_steps_only():
-    from sklearn_hsae._models.fused import _AUTO_MIN_PAIR_MACS, compiler_available, use_compiled
+def test_kernel_choice(monkeypatch):
+    from sklearn_hsae._models import fused, native
 
-    cpu = torch.device("cpu")
-    assert not use_compiled("auto", cpu, _AUTO_MIN_PAIR_MACS / 2)  # a small fit: never imports inductor
-    assert not use_compiled(False, cpu, 1e12)
-    assert use_compiled(True, cpu, 1.0)
-    # On SmolLM2's 576 dimensions (k=32, s=4): batch 4096 compiles, the default 1024
-    # (where compiling measured no gain) stays eager.
-    assert use_compiled("auto", cpu, 6 * 4096 * 32 * 4 * 576) == compiler_available(cpu)
-    assert not use_compiled("auto", cpu, 6 * 1024 * 32 * 4 * 576)
-
-
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert fused.kernels_for(False, cpu, 1e12) == "eager"
+    expected = "native" if native.compiler() is not None else "eager"
+    assert fused.kernels_for("auto", cpu, 1.0) == expected  # cheap to build: every size
+    # Without a compiler "auto" stays eager without a word (a warning would be an error here).
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    assert fused.kernels_for("auto", cpu, 1e12) == "eager"
+    # CUDA: inductor (Triton) only for steps large enough to repay compiling.
+    monkeypatch.setattr(fused, "compiler_available", lambda device: True)
+    assert fused.kernels_for("auto", cuda, fused._AUTO_MIN_PAIR_MACS / 2) == "eager"
+    assert fused.kernels_for("auto", cuda, 6 * 4096 * 32 * 4 * 576) == "inductor"
+    assert fused.kernels_for(True, cuda, 1.0) == "inductor"
+    assert fused.kernels_for(True, torch.device("mps"), 1e12) == "eager"
 def test_a_small_fit_never_imports_the_compiler():
     """compile="auto" leaves small fits eager: inductor and dynamo take seconds to import."""
     import os

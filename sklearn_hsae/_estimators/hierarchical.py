@@ -179,19 +179,17 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     checkpoint_every : int or None, default=None
         Also checkpoint every this many optimiser steps.
     compile : {"auto", True, False}, default="auto"
-        Routed only: run the child path (the per-parent down and up projections and
-        their weight gradients) through kernels compiled by ``torch.compile``
-        (inductor: C++ on CPU, Triton on CUDA), which read each row in place instead of
-        copying it once per active parent. ``"auto"`` compiles when a step's child path
-        is large (``batch_size * k * subspace_dim * n_features`` of at least 2.5e8, e.g.
-        ``batch_size=4096`` with ``k=32``, ``subspace_dim=4`` on 576-dimensional
-        activations, where it measured 1.1-1.3x faster steps; at ``batch_size=1024`` it
-        measured no gain) and a compiler is present, so small fits never import
-        inductor; ``True`` always tries, ``False`` never. A failed
-        compilation warns once and the eager kernels take over; compiled kernels are
-        cached on disk by inductor, so a later process skips most of the first compile.
-        Compiled CPU fits are deterministic (bitwise resume holds) and agree with eager
-        ones to float rounding.
+        Routed only: run the child path (the per-parent down and up projections, the
+        per-row sums and their weight gradients) through compiled kernels that read each
+        input row in place instead of copying it once per active parent. On CPU these
+        are C loops built once per machine with the system C compiler (~0.3 s, cached
+        under ``SKLEARN_HSAE_CACHE``, default ``~/.cache/sklearn_hsae``); on CUDA,
+        ``torch.compile`` (Triton) kernels. ``"auto"`` uses them on CPU whenever a
+        compiler is present and on CUDA for large steps (``batch_size * k *
+        subspace_dim * n_features`` of at least 2.5e8); ``True`` always tries, ``False``
+        never. A failed build warns once and the eager kernels take over. CPU results
+        are deterministic for any thread count (bitwise resume holds) and agree with
+        eager ones to float rounding.
 
     Attributes
     ----------

@@ -27,12 +27,13 @@ tile count, which changes every step, does not trigger recompiles.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import warnings
 
 import torch
 from torch import Tensor
+
+from . import native
 
 # Multiply-adds per step of the child path below which "auto" stays eager. Measured on
 # this project's 2-core CPU (median step, routed k=32, s=4, d=576, compiled vs eager):
@@ -93,9 +94,10 @@ COMPILED = _Compiled()
 
 
 def compiler_available(device: torch.device) -> bool:
-    """Whether inductor has a backend here: a C++ compiler on CPU, Triton on CUDA."""
+    """Whether compiled kernels can be built here: a C compiler for ``native.py``'s
+    kernels on CPU, Triton for inductor's on CUDA."""
     if device.type == "cpu":
-        return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+        return native.compiler() is not None
     if device.type == "cuda":
         try:
             import triton  # noqa: F401
@@ -105,14 +107,46 @@ def compiler_available(device: torch.device) -> bool:
     return False
 
 
-def use_compiled(choice, device: torch.device, pair_macs: float) -> bool:
-    """Resolve ``compile`` (True, False or "auto") for a step of ``pair_macs``
-    multiply-adds in the child path on ``device``."""
-    if choice is False or COMPILED.failed:
-        return False
-    if choice is True:
-        return True
-    return pair_macs >= _AUTO_MIN_PAIR_MACS and compiler_available(device)
+class _NativeWarning:
+    """Warn once per process when the native kernels could not be built."""
+
+    warned = False
+
+    @classmethod
+    def warn(cls) -> None:
+        if not cls.warned:
+            cls.warned = True
+            warnings.warn(
+                f"building the routed child path's C kernels failed ({native.LIBRARY.error}); "
+                "training and encoding continue with the eager kernels (same results, slower). "
+                "Pass compile=False to skip the attempt.",
+                RuntimeWarning, stacklevel=5,
+            )
+
+
+def kernels_for(choice, device: torch.device, pair_macs: float) -> str:
+    """The child path's kernels, "native", "inductor" or "eager", for ``compile``
+    (True, False or "auto") and a step of ``pair_macs`` multiply-adds on ``device``.
+
+    On CPU, True and "auto" take ``native.py``'s C kernels (a ~0.3 s build, once per
+    machine), which beat eager torch at every size measured; without a compiler "auto"
+    stays eager quietly, True warns. On CUDA they take inductor's kernels, and "auto"
+    only for steps large enough to repay the compilation.
+    """
+    if choice is False:
+        return "eager"
+    if device.type == "cpu":
+        if choice == "auto" and native.compiler() is None:
+            return "eager"
+        if native.available():
+            return "native"
+        _NativeWarning.warn()
+        return "eager"
+    if device.type != "cuda" or COMPILED.failed:
+        return "eager"
+    if choice is True or (pair_macs >= _AUTO_MIN_PAIR_MACS and compiler_available(device)):
+        return "inductor"
+    return "eager"
 
 
 def pair_dot(table: Tensor, W: Tensor, rows: Tensor, expert: Tensor) -> Tensor | None:

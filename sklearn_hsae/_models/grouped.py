@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import fused
+from . import fused, native
 from .workspace import Workspace
 
 
@@ -35,6 +35,8 @@ class Tiling(NamedTuple):
     """(n_pairs,) tile holding each pair."""
     slot_of_pair: Tensor
     """(n_pairs,) position of each pair inside its tile."""
+    start: Tensor
+    """(n_experts + 1,) the tiles of expert e are ``start[e]`` to ``start[e + 1] - 1``."""
 
 
 def tile_size_for(n_pairs: int, n_experts: int) -> int:
@@ -73,6 +75,7 @@ def make_tiling(expert_of_pair: Tensor, n_experts: int, tile: int) -> Tiling:
         tiles_per_expert = torch.zeros_like(tiles_per_expert)
         tiles_per_expert[0] = 1
         n_tiles = 1
+    start = F.pad(torch.cumsum(tiles_per_expert, 0), (1, 0))  # (E + 1,)
     pair = torch.full((n_tiles, tile), n_pairs, dtype=torch.long, device=device)
     pair[tile_sorted, slot_sorted] = order
     expert = torch.repeat_interleave(
@@ -82,7 +85,7 @@ def make_tiling(expert_of_pair: Tensor, n_experts: int, tile: int) -> Tiling:
     slot_of_pair = torch.empty_like(slot_sorted)
     tile_of_pair[order] = tile_sorted
     slot_of_pair[order] = slot_sorted
-    return Tiling(pair, expert, pair < n_pairs, tile_of_pair, slot_of_pair)
+    return Tiling(pair, expert, pair < n_pairs, tile_of_pair, slot_of_pair, start)
 
 
 class Route(NamedTuple):
@@ -99,14 +102,15 @@ class Route(NamedTuple):
     """(B, k) bool, the slot holds a pair (its TopK value is positive)."""
     slot_expert: Tensor
     """(B, k) expert of every slot."""
-    compiled: bool = False
-    """Use the compiled kernels of ``fused.py`` (no (n_tiles, T, d) copies)."""
+    kernels: str = "eager"
+    """"eager" (torch ops over (n_tiles, T, d) copies of rows), "native" (``native.py``'s
+    C kernels) or "inductor" (``fused.py``'s compiled ones): see ``fused.kernels_for``."""
 
 
 def make_route(values: Tensor, indices: Tensor, n_experts: int, workspace: Workspace,
-               compiled: bool = False) -> Route:
-    """Tile the active slots of TopK codes values, indices (B, k) by expert; ``compiled``
-    routes the child path through the compiled kernels of ``fused.py``."""
+               kernels: str = "eager") -> Route:
+    """Tile the active slots of TopK codes values, indices (B, k) by expert; ``kernels``
+    picks the child path's kernels (see ``Route.kernels``)."""
     B, k = values.shape
     active = values > 0
     flat_slot = torch.nonzero(active.reshape(-1)).squeeze(1)  # (N,)
@@ -118,7 +122,7 @@ def make_route(values: Tensor, indices: Tensor, n_experts: int, workspace: Works
     slot_pos[flat_slot] = pair_pos
     rows = torch.full((tiling.pair.numel(),), B, dtype=torch.long, device=values.device)
     rows[pair_pos] = torch.div(flat_slot, k, rounding_mode="floor")
-    return Route(tiling, workspace, rows, slot_pos.view(B, k), active, indices, compiled)
+    return Route(tiling, workspace, rows, slot_pos.view(B, k), active, indices, kernels)
 
 
 def _slot_indices(route: Route, s: int) -> Tensor:
@@ -152,19 +156,40 @@ def _tile_rows(route: Route) -> Tensor:
     return route.rows.view(route.tiling.pair.shape)
 
 
-def _compiled_dot(table: Tensor, W: Tensor, route: Route) -> Tensor | None:
-    """``W[expert] @ table[rows]`` per slot by the compiled kernel, or None (go eager)."""
-    return fused.pair_dot(table, W, _tile_rows(route), route.tiling.expert) if route.compiled else None
+def _pair_dot(table: Tensor, W: Tensor, route: Route) -> Tensor:
+    """``W[expert] @ table[rows]`` for every tile slot (n_tiles, T, s) from table (B, d),
+    rows read in place, zeros on padding."""
+    rows, expert = _tile_rows(route), route.tiling.expert
+    if route.kernels == "native":
+        return native.pair_dot(table, W, rows, expert)
+    table = _padded(table)
+    out = fused.pair_dot(table, W, rows, expert) if route.kernels == "inductor" else None
+    return fused.eager_pair_dot(table, W, rows, expert) if out is None else out
 
 
-def _tile_grad(g: Tensor, table: Tensor, route: Route) -> Tensor:
-    """Per-tile ``sum_i g[t, i] (x) table[rows[t, i]]`` (n_tiles, s, d): compiled when it
-    can, else from a gather of the rows."""
-    out = fused.tile_outer(g, table, _tile_rows(route)) if route.compiled else None
+def _expert_grad(g: Tensor, table: Tensor, route: Route, n_experts: int) -> Tensor:
+    """Per expert ``sum over its slots of g[t, i] (x) table[rows[t, i]]`` (m, s, d) from
+    table (B, d)."""
+    rows = _tile_rows(route)
+    if route.kernels == "native":
+        return native.expert_outer(g, table, rows, route.tiling.start)
+    table = _padded(table)
+    out = fused.tile_outer(g, table, rows) if route.kernels == "inductor" else None
     if out is None:
-        gathered = table.index_select(0, route.rows).view(*route.tiling.pair.shape, table.shape[1])
+        gathered = table.index_select(0, route.rows).view(*rows.shape, table.shape[1])
         out = fused.eager_tile_outer(g, gathered)
-    return out
+    return _sum_tiles(out, route, n_experts)
+
+
+def _row_sum(tiled: Tensor, W: Tensor, route: Route) -> Tensor:
+    """``sum over a row's slots of tiled[slot] @ W[expert]`` -> (B, d), from tile-layout
+    tiled (n_tiles, T, s): a gather-sum per row, no scatter."""
+    m, s, d = W.shape
+    per_slot = _per_slot(tiled, route)  # (B, k * s)
+    if route.kernels == "native":
+        return native.slot_sum(per_slot.view(per_slot.shape[0], -1, s), W, route.slot_expert)
+    return F.embedding_bag(_slot_indices(route, s), W.reshape(m * s, d),
+                           per_sample_weights=per_slot, mode="sum")
 
 
 def _sum_tiles(per_tile: Tensor, route: Route, n_experts: int) -> Tensor:
@@ -179,13 +204,10 @@ class _RoutedDown(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_down, route):
         ctx.route = route
-        if route.compiled:  # the rows are read in place; backward re-reads them
-            padded = _padded(x)
-            u = _compiled_dot(padded, W_down, route)
-            if u is not None:
-                ctx.save_for_backward(padded, W_down)
-                ctx.gathered = False
-                return u
+        if route.kernels != "eager":  # the rows are read in place; backward re-reads them
+            ctx.save_for_backward(x, W_down)
+            ctx.gathered = False
+            return _pair_dot(x, W_down, route)
         xt = _gather_tiles(x, route, "rows")  # (n_tiles, T, d), saved for backward
         wt = W_down.index_select(0, route.tiling.expert)  # (n_tiles, s, d)
         ctx.save_for_backward(xt, W_down)
@@ -196,17 +218,14 @@ class _RoutedDown(torch.autograd.Function):
     def backward(ctx, grad_u):
         saved, W_down = ctx.saved_tensors
         route = ctx.route
-        m, s, d = W_down.shape
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:  # sum over each row's k pairs: a weighted gather-sum
-            grad_x = F.embedding_bag(_slot_indices(route, s), W_down.reshape(m * s, d),
-                                     per_sample_weights=_per_slot(grad_u, route), mode="sum")
+            grad_x = _row_sum(grad_u, W_down, route)
         if ctx.needs_input_grad[1]:
             if ctx.gathered:
-                per_tile = fused.eager_tile_outer(grad_u, saved)
+                grad_w = _sum_tiles(fused.eager_tile_outer(grad_u, saved), route, W_down.shape[0])
             else:
-                per_tile = _tile_grad(grad_u.contiguous(), saved, route)
-            grad_w = _sum_tiles(per_tile, route, m)  # (m, s, d)
+                grad_w = _expert_grad(grad_u.contiguous(), saved, route, W_down.shape[0])
         return grad_x, grad_w, None
 
 
@@ -215,25 +234,24 @@ class _RoutedUp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, W_up, route):
-        m, s, d = W_up.shape
         ctx.save_for_backward(v, W_up)
         ctx.route = route
-        return F.embedding_bag(_slot_indices(route, s), W_up.reshape(m * s, d),
-                               per_sample_weights=_per_slot(v, route), mode="sum")
+        return _row_sum(v, W_up, route)
 
     @staticmethod
     def backward(ctx, grad_out):
         v, W_up = ctx.saved_tensors
         route = ctx.route
         grad_v = grad_w = None
-        if route.compiled:  # the gradient rows are read in place, never copied per slot
-            table = _padded(grad_out.contiguous())
+        if route.kernels == "native" and all(ctx.needs_input_grad[:2]):  # one pass over rows
+            grad_v, grad_w = native.dot_outer(v, grad_out, W_up, _tile_rows(route), route.tiling.start)
+            return grad_v, grad_w, None
+        if route.kernels != "eager":  # the gradient rows are read in place, never copied
+            table = grad_out.contiguous()
             if ctx.needs_input_grad[0]:
-                grad_v = _compiled_dot(table, W_up, route)
-                if grad_v is None:  # compilation failed just now: eager from here on
-                    grad_v = fused.eager_pair_dot(table, W_up, _tile_rows(route), route.tiling.expert)
+                grad_v = _pair_dot(table, W_up, route)
             if ctx.needs_input_grad[1]:
-                grad_w = _sum_tiles(_tile_grad(v, table, route), route, W_up.shape[0])
+                grad_w = _expert_grad(v.contiguous(), table, route, W_up.shape[0])
             return grad_v, grad_w, None
         gt = _gather_tiles(grad_out, route, "grad_rows")  # (n_tiles, T, d), zeros on padding
         if ctx.needs_input_grad[0]:
@@ -257,10 +275,8 @@ def _routed_down_chunked(x: Tensor, W_down: Tensor, route: Route) -> Tensor:
     needs none of it, so it walks the tiles in chunks: at B = 4096, k = 32 the full gather
     is ~0.5 GB (with the workspace's headroom) for a 9 MB input block, the chunks ~94 MB.
     """
-    if route.compiled:  # the compiled kernel never copies rows: no chunks needed
-        u = _compiled_dot(_padded(x), W_down, route)
-        if u is not None:
-            return u
+    if route.kernels != "eager":  # these kernels never copy rows: no chunks needed
+        return _pair_dot(x, W_down, route)
     n_tiles, T = route.tiling.pair.shape
     step = min(n_tiles, max(1, _INFERENCE_SLOTS // T))  # tiles per chunk
     padded = _padded(x)  # row B: zeros for padding slots

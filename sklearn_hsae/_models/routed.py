@@ -24,7 +24,7 @@ from .common import (
     level_l0, normalize_rows_, pre_activations, remove_parallel_grad_,
     sparse_decode, spread_unit_vectors, topk_select, update_dead_counter_,
 )
-from .fused import use_compiled
+from .fused import kernels_for
 from .grouped import make_route, routed_down, routed_up
 from .workspace import Workspace
 
@@ -61,8 +61,8 @@ class RoutedSAE(SAEBase):
 
     cumulative: ClassVar[bool] = True  # x_hat = parents' reconstruction + children's
     compile_mode: bool | str = False
-    """``True``, ``False`` or ``"auto"``: run the child path through ``fused.py``'s
-    compiled kernels (the estimator's ``compile``)."""
+    """``True``, ``False`` or ``"auto"`` (the estimator's ``compile``): the child path's
+    kernels, picked per step by ``fused.kernels_for``."""
 
     def __init__(self, config, *, device=None, dtype=torch.float32):
         super().__init__()
@@ -143,7 +143,7 @@ class RoutedSAE(SAEBase):
         # backward of down and up, ~6 k s d per row): what compiling them can save.
         pair_macs = 6 * B * cfg.k * cfg.subspace_dim * cfg.n_features
         route = make_route(values.detach(), indices, cfg.n_parents, self.workspace,
-                           compiled=use_compiled(self.compile_mode, x.device, pair_macs))
+                           kernels=kernels_for(self.compile_mode, x.device, pair_macs))
         g = route.tiling.expert  # (n_tiles,)
         u = routed_down(xc, self.W_down, route)  # (n_tiles, T, s)
         child_pre = torch.bmm(u, self.E_child[g].transpose(1, 2))  # (n_tiles, T, C)

@@ -1,0 +1,186 @@
+/* The routed child path's three gather kernels for the CPU, built by native.py.
+ *
+ * Plain C99, no torch headers: native.py compiles this file once per machine with the
+ * system C compiler into a cached shared library and calls it through ctypes, which
+ * releases the GIL, so Python threads can run disjoint ranges of one call in parallel.
+ *
+ * Every output element is computed by exactly one call, summing in a fixed order that
+ * does not depend on how the work was split: results are bitwise reproducible for any
+ * thread count. Each function returns 0, or 1 when an index is out of range (nothing
+ * past that point is written; the caller raises).
+ *
+ * Shapes (row-major, contiguous):
+ *   table (R, d)       input rows; a slot whose row is R (padding) reads a row of zeros
+ *   W (m, s, d)        one s x d matrix per expert
+ *   rows (n_tiles, T)  row of every tile slot
+ *   expert (n_tiles,)  expert of every tile; tiles of one expert are contiguous
+ *   start (m + 1,)     tiles of expert p are start[p] .. start[p + 1] - 1
+ */
+#include <stdint.h>
+#include <string.h>
+
+/* pair_dot: out[t, i, j] = sum_c W[expert[t], j, c] * table[rows[t, i], c], tiles [t0, t1) */
+#define PAIR_DOT(NAME, REAL)                                                              \
+int NAME(const REAL* table, const REAL* W, const int64_t* rows, const int64_t* expert,   \
+         REAL* out, int64_t t0, int64_t t1, int64_t T, int64_t s, int64_t d,             \
+         int64_t R, int64_t m) {                                                          \
+    for (int64_t t = t0; t < t1; ++t) {                                                   \
+        if (expert[t] < 0 || expert[t] >= m) return 1;                                    \
+        const REAL* w = W + expert[t] * s * d;                                            \
+        for (int64_t i = 0; i < T; ++i) {                                                 \
+            int64_t r = rows[t * T + i];                                                  \
+            REAL* o = out + (t * T + i) * s;                                              \
+            if (r < 0 || r > R) return 1;                                                 \
+            if (r == R) { for (int64_t j = 0; j < s; ++j) o[j] = 0; continue; }           \
+            const REAL* x = table + r * d;                                                \
+            int64_t j = 0;                                                                \
+            for (; j + 4 <= s; j += 4) { /* four subspace rows per pass over x */         \
+                const REAL *w0 = w + j * d, *w1 = w0 + d, *w2 = w1 + d, *w3 = w2 + d;     \
+                REAL a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                      \
+                _Pragma("omp simd reduction(+:a0,a1,a2,a3)")                              \
+                for (int64_t c = 0; c < d; ++c) {                                         \
+                    REAL xv = x[c];                                                       \
+                    a0 += w0[c] * xv; a1 += w1[c] * xv; a2 += w2[c] * xv; a3 += w3[c] * xv; \
+                }                                                                         \
+                o[j] = a0; o[j + 1] = a1; o[j + 2] = a2; o[j + 3] = a3;                   \
+            }                                                                             \
+            for (; j < s; ++j) {                                                          \
+                const REAL* wj = w + j * d;                                               \
+                REAL a = 0;                                                               \
+                _Pragma("omp simd reduction(+:a)")                                        \
+                for (int64_t c = 0; c < d; ++c) a += wj[c] * x[c];                        \
+                o[j] = a;                                                                 \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    return 0;                                                                             \
+}
+
+/* expert_outer: out[p, j, c] = sum over the tiles t of p and slots i, in that order, of
+ * g[t, i, j] * table[rows[t, i], c]; experts [p0, p1). Each expert's s x d block stays in
+ * L1 while its rows stream past once. */
+#define EXPERT_OUTER(NAME, REAL)                                                          \
+int NAME(const REAL* g, const REAL* table, const int64_t* rows, const int64_t* start,    \
+         REAL* out, int64_t p0, int64_t p1, int64_t T, int64_t s, int64_t d,             \
+         int64_t R, int64_t n_tiles) {                                                    \
+    for (int64_t p = p0; p < p1; ++p) {                                                   \
+        REAL* o = out + p * s * d;                                                        \
+        memset(o, 0, sizeof(REAL) * s * d);                                               \
+        if (start[p] < 0 || start[p + 1] > n_tiles) return 1;                             \
+        for (int64_t t = start[p]; t < start[p + 1]; ++t) {                               \
+            for (int64_t i = 0; i < T; ++i) {                                             \
+                int64_t r = rows[t * T + i];                                              \
+                if (r < 0 || r > R) return 1;                                             \
+                if (r == R) continue;                                                     \
+                const REAL* x = table + r * d;                                            \
+                const REAL* gg = g + (t * T + i) * s;                                     \
+                int64_t j = 0;                                                            \
+                for (; j + 4 <= s; j += 4) {                                              \
+                    REAL g0 = gg[j], g1 = gg[j + 1], g2 = gg[j + 2], g3 = gg[j + 3];      \
+                    REAL *o0 = o + j * d, *o1 = o0 + d, *o2 = o1 + d, *o3 = o2 + d;       \
+                    _Pragma("omp simd")                                                   \
+                    for (int64_t c = 0; c < d; ++c) {                                     \
+                        REAL xv = x[c];                                                   \
+                        o0[c] += g0 * xv; o1[c] += g1 * xv; o2[c] += g2 * xv; o3[c] += g3 * xv; \
+                    }                                                                     \
+                }                                                                         \
+                for (; j < s; ++j) {                                                      \
+                    REAL gj = gg[j];                                                      \
+                    REAL* oj = o + j * d;                                                 \
+                    _Pragma("omp simd")                                                   \
+                    for (int64_t c = 0; c < d; ++c) oj[c] += gj * x[c];                   \
+                }                                                                         \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    return 0;                                                                             \
+}
+
+/* slot_sum: out[b, c] = sum over slots q (in order) and j of v[b, q, j] * W[e[b, q], j, c];
+ * rows [b0, b1). The per-row gather-sum of the up-projection and of the input gradient. */
+#define SLOT_SUM(NAME, REAL)                                                              \
+int NAME(const REAL* v, const REAL* W, const int64_t* slot_expert, REAL* out,            \
+         int64_t b0, int64_t b1, int64_t k, int64_t s, int64_t d, int64_t m) {           \
+    for (int64_t b = b0; b < b1; ++b) {                                                   \
+        REAL* o = out + b * d;                                                            \
+        memset(o, 0, sizeof(REAL) * d);                                                   \
+        for (int64_t q = 0; q < k; ++q) {                                                 \
+            int64_t e = slot_expert[b * k + q];                                           \
+            if (e < 0 || e >= m) return 1;                                                \
+            const REAL* vv = v + (b * k + q) * s;                                         \
+            const REAL* w = W + e * s * d;                                                \
+            int64_t j = 0;                                                                \
+            for (; j + 4 <= s; j += 4) {                                                  \
+                REAL v0 = vv[j], v1 = vv[j + 1], v2 = vv[j + 2], v3 = vv[j + 3];          \
+                const REAL *w0 = w + j * d, *w1 = w0 + d, *w2 = w1 + d, *w3 = w2 + d;     \
+                _Pragma("omp simd")                                                       \
+                for (int64_t c = 0; c < d; ++c)                                           \
+                    o[c] += v0 * w0[c] + v1 * w1[c] + v2 * w2[c] + v3 * w3[c];            \
+            }                                                                             \
+            for (; j < s; ++j) {                                                          \
+                REAL vj = vv[j];                                                          \
+                const REAL* wj = w + j * d;                                               \
+                _Pragma("omp simd")                                                       \
+                for (int64_t c = 0; c < d; ++c) o[c] += vj * wj[c];                       \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    return 0;                                                                             \
+}
+
+/* dot_outer: both of expert_outer(g, table) -> outer and pair_dot(table, W) -> dot in one
+ * pass over the rows, experts [p0, p1): the backward of the up-projection, where the
+ * output gradient's rows give the subspace gradient and the weight gradient. */
+#define DOT_OUTER(NAME, REAL)                                                             \
+int NAME(const REAL* g, const REAL* table, const REAL* W, const int64_t* rows,           \
+         const int64_t* start, REAL* dot, REAL* outer, int64_t p0, int64_t p1,           \
+         int64_t T, int64_t s, int64_t d, int64_t R, int64_t n_tiles) {                  \
+    for (int64_t p = p0; p < p1; ++p) {                                                   \
+        REAL* o = outer + p * s * d;                                                      \
+        const REAL* w = W + p * s * d;                                                    \
+        memset(o, 0, sizeof(REAL) * s * d);                                               \
+        if (start[p] < 0 || start[p + 1] > n_tiles) return 1;                             \
+        for (int64_t t = start[p]; t < start[p + 1]; ++t) {                               \
+            for (int64_t i = 0; i < T; ++i) {                                             \
+                int64_t r = rows[t * T + i];                                              \
+                REAL* u = dot + (t * T + i) * s;                                          \
+                if (r < 0 || r > R) return 1;                                             \
+                if (r == R) { for (int64_t j = 0; j < s; ++j) u[j] = 0; continue; }       \
+                const REAL* x = table + r * d;                                            \
+                const REAL* gg = g + (t * T + i) * s;                                     \
+                int64_t j = 0;                                                            \
+                for (; j + 4 <= s; j += 4) {                                              \
+                    REAL g0 = gg[j], g1 = gg[j + 1], g2 = gg[j + 2], g3 = gg[j + 3];      \
+                    REAL *o0 = o + j * d, *o1 = o0 + d, *o2 = o1 + d, *o3 = o2 + d;       \
+                    const REAL *w0 = w + j * d, *w1 = w0 + d, *w2 = w1 + d, *w3 = w2 + d; \
+                    REAL a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                  \
+                    _Pragma("omp simd reduction(+:a0,a1,a2,a3)")                          \
+                    for (int64_t c = 0; c < d; ++c) {                                     \
+                        REAL xv = x[c];                                                   \
+                        a0 += w0[c] * xv; a1 += w1[c] * xv; a2 += w2[c] * xv; a3 += w3[c] * xv; \
+                        o0[c] += g0 * xv; o1[c] += g1 * xv; o2[c] += g2 * xv; o3[c] += g3 * xv; \
+                    }                                                                     \
+                    u[j] = a0; u[j + 1] = a1; u[j + 2] = a2; u[j + 3] = a3;               \
+                }                                                                         \
+                for (; j < s; ++j) {                                                      \
+                    REAL gj = gg[j], a = 0;                                               \
+                    REAL* oj = o + j * d;                                                 \
+                    const REAL* wj = w + j * d;                                           \
+                    _Pragma("omp simd reduction(+:a)")                                    \
+                    for (int64_t c = 0; c < d; ++c) { a += wj[c] * x[c]; oj[c] += gj * x[c]; } \
+                    u[j] = a;                                                             \
+                }                                                                         \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    return 0;                                                                             \
+}
+
+PAIR_DOT(pair_dot_f32, float)
+PAIR_DOT(pair_dot_f64, double)
+EXPERT_OUTER(expert_outer_f32, float)
+EXPERT_OUTER(expert_outer_f64, double)
+SLOT_SUM(slot_sum_f32, float)
+SLOT_SUM(slot_sum_f64, double)
+DOT_OUTER(dot_outer_f32, float)
+DOT_OUTER(dot_outer_f64, double)
