@@ -284,13 +284,14 @@ def test_native_kernels_match_einsum(dtype, s, monkeypatch):
     g = torch.randn(*rows.shape, s, generator=gen, dtype=dtype)
     dot = torch.einsum("tsd,tid->tis", W[expert], padded[rows])  # (n_tiles, T, s)
     outer = torch.zeros(m, s, d, dtype=dtype).index_add_(0, expert, torch.einsum("tis,tid->tsd", g, padded[rows]))
-    v = torch.randn(B, 3, s, generator=gen, dtype=dtype)
-    row_sum = torch.einsum("bqs,bqsd->bd", v, W[route.slot_expert])
+    v = torch.randn(*rows.shape, s, generator=gen, dtype=dtype)  # padding slots too: ignored
+    per_pair = torch.einsum("tis,tsd->tid", v, W[expert]).reshape(-1, d)
+    row_sum = torch.zeros(B + 1, d, dtype=dtype).index_add_(0, rows.reshape(-1), per_pair)[:B]
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
     got = {"dot": native.pair_dot(x, W, rows, expert),
            "outer": native.expert_outer(g, x, rows, route.tiling.start),
            "fused": native.dot_outer(g, x, W, rows, route.tiling.start),
-           "row_sum": native.slot_sum(v, W, route.slot_expert)}
+           "row_sum": native.pair_sum(v, W, rows, route.tiling.start, B)}
     torch.testing.assert_close(got["dot"], dot, **tol)
     torch.testing.assert_close(got["outer"], outer, **tol)
     torch.testing.assert_close(got["fused"][0], dot, **tol)
@@ -304,7 +305,7 @@ def test_native_kernels_match_einsum(dtype, s, monkeypatch):
         torch.set_num_threads(3)
         split = {"dot": native.pair_dot(x, W, rows, expert),
                  "outer": native.expert_outer(g, x, rows, route.tiling.start),
-                 "row_sum": native.slot_sum(v, W, route.slot_expert)}
+                 "row_sum": native.pair_sum(v, W, rows, route.tiling.start, B)}
     finally:
         torch.set_num_threads(previous)
     for name, value in split.items():
@@ -327,7 +328,8 @@ def test_native_kernels_refuse_bad_indices_and_dtypes():
     with pytest.raises(TypeError, match="one dtype"):
         native.pair_dot(x.float(), W, rows, expert)
     with pytest.raises(TypeError, match="float32 or float64"):
-        native.slot_sum(torch.ones(40, 3, 3, dtype=torch.float16), W.half(), route.slot_expert)
+        native.pair_sum(torch.ones(*rows.shape, 3, dtype=torch.float16), W.half(), rows,
+                        route.tiling.start, 40)
 
 
 @cc

@@ -185,9 +185,9 @@ def _row_sum(tiled: Tensor, W: Tensor, route: Route) -> Tensor:
     """``sum over a row's slots of tiled[slot] @ W[expert]`` -> (B, d), from tile-layout
     tiled (n_tiles, T, s): a gather-sum per row, no scatter."""
     m, s, d = W.shape
-    per_slot = _per_slot(tiled, route)  # (B, k * s)
     if route.kernels == "native":
-        return native.slot_sum(per_slot.view(per_slot.shape[0], -1, s), W, route.slot_expert)
+        return native.pair_sum(tiled, W, _tile_rows(route), route.tiling.start, route.slot_pos.shape[0])
+    per_slot = _per_slot(tiled, route)  # (B, k * s)
     return F.embedding_bag(_slot_indices(route, s), W.reshape(m * s, d),
                            per_sample_weights=per_slot, mode="sum")
 

@@ -1,4 +1,4 @@
-/* The routed child path's three gather kernels for the CPU, built by native.py.
+/* The routed child path's gather kernels for the CPU, built by native.py.
  *
  * Plain C99, no torch headers: native.py compiles this file once per machine with the
  * system C compiler into a cached shared library and calls it through ctypes, which
@@ -19,6 +19,14 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Ask for the next row while this one is being used: rows are scattered over the
+ * table, so each one starts with a cache miss the hardware prefetcher cannot predict. */
+#define PREFETCH(ptr, n)                                                                  \
+    do {                                                                                  \
+        const char* _p = (const char*)(ptr);                                              \
+        for (int64_t _b = 0; _b < (int64_t)(n); _b += 64) __builtin_prefetch(_p + _b);    \
+    } while (0)
+
 /* pair_dot: out[t, i, j] = sum_c W[expert[t], j, c] * table[rows[t, i], c], tiles [t0, t1) */
 #define PAIR_DOT(NAME, REAL)                                                              \
 int NAME(const REAL* table, const REAL* W, const int64_t* rows, const int64_t* expert,   \
@@ -32,6 +40,8 @@ int NAME(const REAL* table, const REAL* W, const int64_t* rows, const int64_t* e
             REAL* o = out + (t * T + i) * s;                                              \
             if (r < 0 || r > R) return 1;                                                 \
             if (r == R) { for (int64_t j = 0; j < s; ++j) o[j] = 0; continue; }           \
+            if (i + 1 < T && rows[t * T + i + 1] >= 0 && rows[t * T + i + 1] < R)         \
+                PREFETCH(table + rows[t * T + i + 1] * d, d * sizeof(REAL));              \
             const REAL* x = table + r * d;                                                \
             int64_t j = 0;                                                                \
             for (; j + 4 <= s; j += 4) { /* four subspace rows per pass over x */         \
@@ -72,6 +82,8 @@ int NAME(const REAL* g, const REAL* table, const int64_t* rows, const int64_t* s
                 int64_t r = rows[t * T + i];                                              \
                 if (r < 0 || r > R) return 1;                                             \
                 if (r == R) continue;                                                     \
+                if (i + 1 < T && rows[t * T + i + 1] >= 0 && rows[t * T + i + 1] < R)     \
+                    PREFETCH(table + rows[t * T + i + 1] * d, d * sizeof(REAL));          \
                 const REAL* x = table + r * d;                                            \
                 const REAL* gg = g + (t * T + i) * s;                                     \
                 int64_t j = 0;                                                            \
@@ -96,38 +108,6 @@ int NAME(const REAL* g, const REAL* table, const int64_t* rows, const int64_t* s
     return 0;                                                                             \
 }
 
-/* slot_sum: out[b, c] = sum over slots q (in order) and j of v[b, q, j] * W[e[b, q], j, c];
- * rows [b0, b1). The per-row gather-sum of the up-projection and of the input gradient. */
-#define SLOT_SUM(NAME, REAL)                                                              \
-int NAME(const REAL* v, const REAL* W, const int64_t* slot_expert, REAL* out,            \
-         int64_t b0, int64_t b1, int64_t k, int64_t s, int64_t d, int64_t m) {           \
-    for (int64_t b = b0; b < b1; ++b) {                                                   \
-        REAL* o = out + b * d;                                                            \
-        memset(o, 0, sizeof(REAL) * d);                                                   \
-        for (int64_t q = 0; q < k; ++q) {                                                 \
-            int64_t e = slot_expert[b * k + q];                                           \
-            if (e < 0 || e >= m) return 1;                                                \
-            const REAL* vv = v + (b * k + q) * s;                                         \
-            const REAL* w = W + e * s * d;                                                \
-            int64_t j = 0;                                                                \
-            for (; j + 4 <= s; j += 4) {                                                  \
-                REAL v0 = vv[j], v1 = vv[j + 1], v2 = vv[j + 2], v3 = vv[j + 3];          \
-                const REAL *w0 = w + j * d, *w1 = w0 + d, *w2 = w1 + d, *w3 = w2 + d;     \
-                _Pragma("omp simd")                                                       \
-                for (int64_t c = 0; c < d; ++c)                                           \
-                    o[c] += v0 * w0[c] + v1 * w1[c] + v2 * w2[c] + v3 * w3[c];            \
-            }                                                                             \
-            for (; j < s; ++j) {                                                          \
-                REAL vj = vv[j];                                                          \
-                const REAL* wj = w + j * d;                                               \
-                _Pragma("omp simd")                                                       \
-                for (int64_t c = 0; c < d; ++c) o[c] += vj * wj[c];                       \
-            }                                                                             \
-        }                                                                                 \
-    }                                                                                     \
-    return 0;                                                                             \
-}
-
 /* dot_outer: both of expert_outer(g, table) -> outer and pair_dot(table, W) -> dot in one
  * pass over the rows, experts [p0, p1): the backward of the up-projection, where the
  * output gradient's rows give the subspace gradient and the weight gradient. */
@@ -146,6 +126,8 @@ int NAME(const REAL* g, const REAL* table, const REAL* W, const int64_t* rows,  
                 REAL* u = dot + (t * T + i) * s;                                          \
                 if (r < 0 || r > R) return 1;                                             \
                 if (r == R) { for (int64_t j = 0; j < s; ++j) u[j] = 0; continue; }       \
+                if (i + 1 < T && rows[t * T + i + 1] >= 0 && rows[t * T + i + 1] < R)     \
+                    PREFETCH(table + rows[t * T + i + 1] * d, d * sizeof(REAL));          \
                 const REAL* x = table + r * d;                                            \
                 const REAL* gg = g + (t * T + i) * s;                                     \
                 int64_t j = 0;                                                            \
@@ -176,11 +158,56 @@ int NAME(const REAL* g, const REAL* table, const REAL* W, const int64_t* rows,  
     return 0;                                                                             \
 }
 
+/* pair_sum: out[b, c] = sum over the pairs (t, i) with rows[t, i] == b, by ascending
+ * expert, of sum_j v[t, i, j] * W[expert[t], j, c]; output rows [b0, b1). Rows rise
+ * within each expert's run of slots (pairs are sorted by expert, stably), so a binary
+ * search finds the part of every run that lands in [b0, b1); each expert's s x d block
+ * is read once per call instead of once per pair. */
+#define PAIR_SUM(NAME, REAL)                                                              \
+int NAME(const REAL* v, const REAL* W, const int64_t* rows, const int64_t* start,        \
+         REAL* out, int64_t b0, int64_t b1, int64_t T, int64_t s, int64_t d,             \
+         int64_t R, int64_t m) {                                                          \
+    memset(out + b0 * d, 0, sizeof(REAL) * (b1 - b0) * d);                                \
+    for (int64_t p = 0; p < m; ++p) {                                                     \
+        int64_t lo = start[p] * T, hi = start[p + 1] * T;                                 \
+        if (lo < 0 || hi < lo || hi > start[m] * T) return 1;                             \
+        while (lo < hi) { /* first slot of the run whose row is >= b0 */                  \
+            int64_t mid = lo + (hi - lo) / 2;                                             \
+            if (rows[mid] < b0) lo = mid + 1; else hi = mid;                              \
+        }                                                                                 \
+        const REAL* w = W + p * s * d;                                                    \
+        for (int64_t q = lo; q < start[p + 1] * T; ++q) {                                 \
+            int64_t r = rows[q];                                                          \
+            if (r >= b1) break;                                                           \
+            if (r < 0 || r > R) return 1;                                                 \
+            REAL* o = out + r * d;                                                        \
+            const REAL* vv = v + q * s;                                                   \
+            if (q + 1 < start[p + 1] * T && rows[q + 1] < b1)                             \
+                PREFETCH(out + rows[q + 1] * d, d * sizeof(REAL));                        \
+            int64_t j = 0;                                                                \
+            for (; j + 4 <= s; j += 4) {                                                  \
+                REAL v0 = vv[j], v1 = vv[j + 1], v2 = vv[j + 2], v3 = vv[j + 3];          \
+                const REAL *w0 = w + j * d, *w1 = w0 + d, *w2 = w1 + d, *w3 = w2 + d;     \
+                _Pragma("omp simd")                                                       \
+                for (int64_t c = 0; c < d; ++c)                                           \
+                    o[c] += v0 * w0[c] + v1 * w1[c] + v2 * w2[c] + v3 * w3[c];            \
+            }                                                                             \
+            for (; j < s; ++j) {                                                          \
+                REAL vj = vv[j];                                                          \
+                const REAL* wj = w + j * d;                                               \
+                _Pragma("omp simd")                                                       \
+                for (int64_t c = 0; c < d; ++c) o[c] += vj * wj[c];                       \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    return 0;                                                                             \
+}
+
 PAIR_DOT(pair_dot_f32, float)
 PAIR_DOT(pair_dot_f64, double)
 EXPERT_OUTER(expert_outer_f32, float)
 EXPERT_OUTER(expert_outer_f64, double)
-SLOT_SUM(slot_sum_f32, float)
-SLOT_SUM(slot_sum_f64, double)
 DOT_OUTER(dot_outer_f32, float)
 DOT_OUTER(dot_outer_f64, double)
+PAIR_SUM(pair_sum_f32, float)
+PAIR_SUM(pair_sum_f64, double)

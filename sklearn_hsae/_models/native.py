@@ -44,8 +44,8 @@ _P, _L = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     "pair_dot": [_P] * 5 + [_L] * 7,
     "expert_outer": [_P] * 5 + [_L] * 7,
-    "slot_sum": [_P] * 4 + [_L] * 6,
     "dot_outer": [_P] * 7 + [_L] * 7,
+    "pair_sum": [_P] * 5 + [_L] * 7,
 }
 
 
@@ -212,14 +212,15 @@ def dot_outer(g: Tensor, table: Tensor, W: Tensor, rows: Tensor, start: Tensor) 
     return dot, outer
 
 
-def slot_sum(v: Tensor, W: Tensor, slot_expert: Tensor) -> Tensor:
-    """``out[b] = sum_q v[b, q] @ W[slot_expert[b, q]]``, (B, d), from v (B, k, s)."""
-    B, k, s = v.shape
-    m, _, d = W.shape
-    v, W, slot_expert = (t.contiguous() for t in (v, W, slot_expert))
-    out = v.new_empty(B, d)
-    fn = getattr(LIBRARY.get(), f"slot_sum_{_suffix(v, W)}")
-    ranges = _even(B, _parts(v.numel() * d, B))
-    LIBRARY.run(fn, (v.data_ptr(), W.data_ptr(), slot_expert.data_ptr(), out.data_ptr()),
-                ranges, (k, s, d, m))
+def pair_sum(v: Tensor, W: Tensor, rows: Tensor, start: Tensor, n_rows: int) -> Tensor:
+    """``out[b] = sum over the tile slots (t, i) of row b of v[t, i] @ W[expert[t]]``,
+    (n_rows, d), from tile-layout v (n_tiles, T, s); padding slots hold row ``n_rows``."""
+    n_tiles, T = rows.shape
+    m, s, d = W.shape
+    v, W, rows, start = (t.contiguous() for t in (v, W, rows, start))
+    out = v.new_empty(n_rows, d)
+    fn = getattr(LIBRARY.get(), f"pair_sum_{_suffix(v, W)}")
+    ranges = _even(n_rows, _parts(rows.numel() * s * d, n_rows))
+    LIBRARY.run(fn, (v.data_ptr(), W.data_ptr(), rows.data_ptr(), start.data_ptr(), out.data_ptr()),
+                ranges, (T, s, d, n_rows, m))
     return out
