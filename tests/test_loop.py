@@ -91,15 +91,23 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path):
     assert read_checkpoint(tmp_path) is None  # no latest.json: nothing to resume
 
 
-def test_adam_matches_torch_bit_for_bit():
+@pytest.mark.parametrize("fused", [True, False])
+def test_adam_matches_torch_bit_for_bit(fused, monkeypatch):
+    """CPU tensors take torch's fused kernel (``fused=True``); without it (an old torch,
+    another device) the single-tensor path, torch's default."""
+    from sklearn_hsae._training import adam
     from sklearn_hsae._training.adam import Adam
 
+    if not fused:
+        monkeypatch.setattr(adam, "_fusable", lambda param: False)
     g = torch.Generator().manual_seed(0)
-    ours = [torch.nn.Parameter(torch.randn(5, 3, generator=g)), torch.nn.Parameter(torch.randn(4, generator=g))]
+    ours = [torch.nn.Parameter(torch.randn(5, 3, generator=g)), torch.nn.Parameter(torch.randn(4, generator=g)),
+            torch.nn.Parameter(torch.randn(3, generator=g, dtype=torch.float64))]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    mine, ref = Adam(ours, 3e-3, (0.9, 0.99), 1e-8), torch.optim.Adam(theirs, lr=3e-3, betas=(0.9, 0.99), eps=1e-8)
+    mine = Adam(ours, 3e-3, (0.9, 0.99), 1e-8)
+    ref = torch.optim.Adam(theirs, lr=3e-3, betas=(0.9, 0.99), eps=1e-8, fused=fused)
     for step in range(25):
-        grads = [torch.randn(p.shape, generator=g) for p in ours]
+        grads = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in ours]
         for p, q, gr in zip(ours, theirs, grads):
             p.grad, q.grad = gr.clone(), gr.clone()
         if step == 7:
@@ -109,12 +117,13 @@ def test_adam_matches_torch_bit_for_bit():
         ref.step()
         for p, q in zip(ours, theirs):
             assert torch.equal(p, q), step
+    assert mine.state[1]["step"].item() == 24 and mine.state[1]["step"].device.type == "cpu"
     restored = Adam(ours, 1.0)
     restored.load_state_dict(ref.state_dict())  # torch's own state dict loads too
     assert restored.state[0]["step"].item() == 25 and restored.state[1]["step"].item() == 24
     assert torch.equal(restored.state[0]["exp_avg_sq"], ref.state[theirs[0]]["exp_avg_sq"])
     with pytest.raises(ValueError, match=r"parameter 1 has shape \(4,\), the parameter \(3,\)"):
-        Adam([ours[0], torch.nn.Parameter(torch.zeros(3))], 1.0).load_state_dict(ref.state_dict())
+        Adam([ours[0], torch.nn.Parameter(torch.zeros(3)), ours[2]], 1.0).load_state_dict(ref.state_dict())
 
 
 def test_adam_groups_match_torch_param_groups_bit_for_bit():
@@ -125,7 +134,8 @@ def test_adam_groups_match_torch_param_groups_bit_for_bit():
     ours = [torch.nn.Parameter(torch.randn(6, 2, generator=g)) for _ in range(3)]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     mine = Adam([[ours[0]], ours[1:]], [1e-2, 1e-3])
-    ref = torch.optim.Adam([{"params": [theirs[0]], "lr": 1e-2}, {"params": theirs[1:], "lr": 1e-3}])
+    ref = torch.optim.Adam([{"params": [theirs[0]], "lr": 1e-2}, {"params": theirs[1:], "lr": 1e-3}],
+                           fused=True)
     assert [group["params"] for group in mine.param_groups] == [[0], [1, 2]]
     for _ in range(10):
         for p, q in zip(ours, theirs):

@@ -1,5 +1,6 @@
-"""Adam, written out: the arithmetic of ``torch.optim.Adam`` (its default single-tensor
-path, no weight decay, no amsgrad), step for step and bit for bit.
+"""Adam, written out: the arithmetic of ``torch.optim.Adam`` (no weight decay, no
+amsgrad), step for step and bit for bit: ``fused=True``'s kernel for CPU tensors, the
+default single-tensor path elsewhere.
 
 Why not ``torch.optim.Adam`` itself: its first construction imports ``torch._dynamo``
 (its methods are wrapped by ``torch._disable_dynamo``), which pulls in inductor and
@@ -8,12 +9,24 @@ tens of seconds on a loaded one. A library fitting a small model in a notebook s
 not pay that. The state dict has torch's layout (``state`` per parameter index with
 ``step``, ``exp_avg``, ``exp_avg_sq``; ``param_groups`` with ``lr``, ``betas``, ``eps``,
 ``params``), so checkpoints read the same way.
+
+Why fused on CPU: the single-tensor path makes seven passes over every parameter's
+memory; torch's fused CPU kernel makes one. Measured over a routed H-SAE's parameters
+(2048 parents x 16 children, d = 576, 12M floats) on 2 threads: 0.055 s vs 0.0076 s
+a step. It is an aten op (``torch._fused_adam_``), so it imports nothing.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+
+def _fusable(param: Tensor) -> bool:
+    """Whether torch's fused CPU Adam kernel can update this parameter."""
+    return (hasattr(torch, "_fused_adam_") and param.device.type == "cpu" and not param.is_sparse
+            and param.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+            and param.grad.dtype == param.dtype)
 
 
 class Adam:
@@ -46,25 +59,40 @@ class Adam:
 
     def _step_group(self, group: dict) -> None:
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-        for index in group["params"]:
-            param = self.params[index]
-            grad = param.grad
-            if grad is None:  # no gradient this step: no update, no state (as torch)
-                continue
-            state = self.state.get(index)
-            if state is None:
-                state = self.state[index] = {
+        # No gradient this step: no update, no state (as torch).
+        live = [i for i in group["params"] if self.params[i].grad is not None]
+        for index in live:
+            if index not in self.state:
+                param = self.params[index]
+                self.state[index] = {
                     "step": torch.tensor(0.0, dtype=torch.float32),  # on the host, as torch
                     "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
                     "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
                 }
-            state["step"] += 1
-            step = state["step"].item()
-            state["exp_avg"].lerp_(grad, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            step_size = lr / (1 - beta1**step)
-            denom = (state["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
-            param.addcdiv_(state["exp_avg"], denom, value=-step_size)
+        fused = [i for i in live if _fusable(self.params[i])]
+        for dtype in {self.params[i].dtype for i in fused}:  # one kernel call per dtype
+            ids = [i for i in fused if self.params[i].dtype == dtype]
+            steps = [self.state[i]["step"] for i in ids]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(
+                [self.params[i] for i in ids], [self.params[i].grad for i in ids],
+                [self.state[i]["exp_avg"] for i in ids], [self.state[i]["exp_avg_sq"] for i in ids],
+                [], steps, amsgrad=False, lr=lr, beta1=beta1, beta2=beta2, weight_decay=0.0,
+                eps=eps, maximize=False)
+        for index in (i for i in live if i not in set(fused)):
+            self._single_tensor(self.params[index], self.state[index], lr, beta1, beta2, eps)
+
+    @staticmethod
+    def _single_tensor(param: Tensor, state: dict, lr: float, beta1: float, beta2: float,
+                       eps: float) -> None:
+        grad = param.grad
+        state["step"] += 1
+        step = state["step"].item()
+        state["exp_avg"].lerp_(grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = lr / (1 - beta1**step)
+        denom = (state["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+        param.addcdiv_(state["exp_avg"], denom, value=-step_size)
 
     def state_dict(self) -> dict:
         return {
