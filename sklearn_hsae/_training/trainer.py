@@ -196,8 +196,19 @@ def deterministic(enabled: bool):
         return
     previous = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    # With deterministic algorithms on, torch also fills every new tensor with NaN
+    # (``torch.utils.deterministic.fill_uninitialized_memory``) in case an op reads memory
+    # it never wrote. Ours write every element they allocate, so the fill only costs time:
+    # measured ~6 ms per 19 MB gradient, ~0.03 s of a routed 2048 x 16 step at B = 4096.
+    get_fill = getattr(torch._C, "_get_deterministic_fill_uninitialized_memory", None)
+    set_fill = getattr(torch._C, "_set_deterministic_fill_uninitialized_memory", None)
+    fill = get_fill() if get_fill is not None else None
     _set_deterministic(True, warn_only=False)
+    if set_fill is not None:
+        set_fill(False)
     try:
         yield
     finally:
         _set_deterministic(previous, warn_only=warn_only)
+        if set_fill is not None:
+            set_fill(fill)
