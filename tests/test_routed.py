@@ -313,6 +313,26 @@ def test_native_kernels_match_einsum(dtype, s, monkeypatch):
 
 
 @cc
+@pytest.mark.parametrize("B, m, k, cutoff", [(40, 6, 3, 0.2), (300, 16, 4, 0.5), (5, 4, 2, 2.0)])
+def test_native_route_is_the_torch_route(B, m, k, cutoff):
+    """The counting sort of kernels.c lays the pairs out exactly as make_tiling's sorts,
+    including a batch with no active slot at all (cutoff 2: every value negative)."""
+    from sklearn_hsae._models.grouped import make_route
+    from sklearn_hsae._models.workspace import Workspace
+
+    gen = torch.Generator().manual_seed(B)
+    values = torch.rand(B, k, generator=gen, dtype=torch.float64) - cutoff
+    indices = torch.stack([torch.randperm(m, generator=gen)[:k] for _ in range(B)])
+    ref = make_route(values, indices, m, Workspace())
+    got = make_route(values, indices, m, Workspace(), kernels="native")
+    assert got.kernels == "native"
+    for name in ("rows", "slot_pos", "slot_active", "slot_expert"):
+        assert torch.equal(getattr(got, name), getattr(ref, name)), name
+    for name in ref.tiling._fields:
+        assert torch.equal(getattr(got.tiling, name), getattr(ref.tiling, name)), name
+
+
+@cc
 def test_native_kernels_refuse_bad_indices_and_dtypes():
     from sklearn_hsae._models import native
 
@@ -325,6 +345,8 @@ def test_native_kernels_refuse_bad_indices_and_dtypes():
     bad_rows[0, 0] = 41  # one past the padding row
     with pytest.raises(IndexError, match="out of range"):
         native.expert_outer(torch.ones(*rows.shape, 3, dtype=torch.float64), x, bad_rows, route.tiling.start)
+    with pytest.raises(IndexError, match="expert index is out of range"):
+        native.route_counts(route.slot_active, route.slot_expert.clone().fill_(6), 6)
     with pytest.raises(TypeError, match="one dtype"):
         native.pair_dot(x.float(), W, rows, expert)
     with pytest.raises(TypeError, match="float32 or float64"):

@@ -113,6 +113,8 @@ def make_route(values: Tensor, indices: Tensor, n_experts: int, workspace: Works
     picks the child path's kernels (see ``Route.kernels``)."""
     B, k = values.shape
     active = values > 0
+    if kernels == "native":
+        return _native_route(active, indices, n_experts, workspace)
     flat_slot = torch.nonzero(active.reshape(-1)).squeeze(1)  # (N,)
     expert = indices.reshape(-1)[flat_slot]
     tiling = make_tiling(expert, n_experts, tile_size_for(len(expert), n_experts))
@@ -123,6 +125,22 @@ def make_route(values: Tensor, indices: Tensor, n_experts: int, workspace: Works
     rows = torch.full((tiling.pair.numel(),), B, dtype=torch.long, device=values.device)
     rows[pair_pos] = torch.div(flat_slot, k, rounding_mode="floor")
     return Route(tiling, workspace, rows, slot_pos.view(B, k), active, indices, kernels)
+
+
+def _native_route(active: Tensor, indices: Tensor, n_experts: int, workspace: Workspace) -> Route:
+    """``make_route``'s layout, bit for bit, by a counting sort in ``kernels.c`` (the sort,
+    scatters and index arithmetic of the torch version cost ~0.02 s at B = 4096, k = 32)."""
+    B, k = active.shape
+    counts, n_pairs = native.route_counts(active, indices, n_experts)  # (E,)
+    T = tile_size_for(n_pairs, n_experts)
+    tiles_per_expert = (counts + T - 1) // T  # (E,)
+    if n_pairs == 0:  # one padding tile keeps every gather in range
+        tiles_per_expert[0] = 1
+    start = F.pad(torch.cumsum(tiles_per_expert, 0), (1, 0))  # (E + 1,)
+    rows, pair, slot_pos, pair_pos, expert = native.route_fill(active, indices, start, T, n_pairs)
+    pair = pair.view(-1, T)  # (n_tiles, T)
+    tiling = Tiling(pair, expert, pair < n_pairs, pair_pos // T, pair_pos % T, start)
+    return Route(tiling, workspace, rows, slot_pos.view(B, k), active, indices, "native")
 
 
 def _slot_indices(route: Route, s: int) -> Tensor:

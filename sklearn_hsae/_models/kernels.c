@@ -211,3 +211,44 @@ DOT_OUTER(dot_outer_f32, float)
 DOT_OUTER(dot_outer_f64, double)
 PAIR_SUM(pair_sum_f32, float)
 PAIR_SUM(pair_sum_f64, double)
+
+/* Routing: the tile layout of the active (row, expert) slots of a (B, k) TopK code, as
+ * grouped.py's make_tiling and make_route build it with sorts, here by counting.
+ * route_count: counts[e] = active slots of expert e; returns their total, or -1 when an
+ * index is out of range. */
+int64_t route_count(const uint8_t* active, const int64_t* indices, int64_t n, int64_t E,
+                    int64_t* counts) {
+    int64_t total = 0;
+    memset(counts, 0, sizeof(int64_t) * E);
+    for (int64_t q = 0; q < n; ++q) {
+        if (!active[q]) continue;
+        if (indices[q] < 0 || indices[q] >= E) return -1;
+        ++counts[indices[q]];
+        ++total;
+    }
+    return total;
+}
+
+/* route_fill: place every active slot q (in row-major order, so rows rise within each
+ * expert's run) at the next free position of its expert's tiles, which start at tile
+ * start[e]. Writes rows[pos] = q / k, pair[pos] = the slot's rank among active slots,
+ * slot_pos[q] = pos (left as is for inactive slots), pair_pos[rank] = pos, and
+ * expert[t] for every tile. fill (E,) is scratch. Returns 0. */
+int route_fill(const uint8_t* active, const int64_t* indices, int64_t n, int64_t k, int64_t E,
+               int64_t T, const int64_t* start, int64_t* fill, int64_t* rows, int64_t* pair,
+               int64_t* slot_pos, int64_t* pair_pos, int64_t* expert) {
+    memset(fill, 0, sizeof(int64_t) * E);
+    int64_t rank = 0;
+    for (int64_t q = 0; q < n; ++q) {
+        if (!active[q]) continue;
+        int64_t e = indices[q];
+        int64_t pos = start[e] * T + fill[e]++;
+        rows[pos] = q / k;
+        pair[pos] = rank;
+        slot_pos[q] = pos;
+        pair_pos[rank++] = pos;
+    }
+    for (int64_t e = 0; e < E; ++e)
+        for (int64_t t = start[e]; t < start[e + 1]; ++t) expert[t] = e;
+    return 0;
+}

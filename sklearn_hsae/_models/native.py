@@ -47,6 +47,10 @@ _SIGNATURES = {
     "dot_outer": [_P] * 7 + [_L] * 7,
     "pair_sum": [_P] * 5 + [_L] * 7,
 }
+_ROUTING = {
+    "route_count": ([_P, _P, _L, _L, _P], ctypes.c_int64),
+    "route_fill": ([_P, _P] + [_L] * 4 + [_P] * 7, ctypes.c_int),
+}
 
 
 @functools.cache
@@ -112,6 +116,8 @@ class _Library:
                     for suffix in ("f32", "f64"):
                         fn = getattr(lib, f"{name}_{suffix}")
                         fn.argtypes, fn.restype = args, ctypes.c_int
+                for name, (args, restype) in _ROUTING.items():
+                    getattr(lib, name).argtypes, getattr(lib, name).restype = args, restype
                 self.lib = lib
             except (OSError, subprocess.SubprocessError) as exc:
                 detail = getattr(exc, "stderr", None) or str(exc)
@@ -224,3 +230,33 @@ def pair_sum(v: Tensor, W: Tensor, rows: Tensor, start: Tensor, n_rows: int) -> 
     LIBRARY.run(fn, (v.data_ptr(), W.data_ptr(), rows.data_ptr(), start.data_ptr(), out.data_ptr()),
                 ranges, (T, s, d, n_rows, m))
     return out
+
+
+def route_counts(active: Tensor, indices: Tensor, n_experts: int) -> tuple[Tensor, int]:
+    """Active slots per expert (E,) and their total, from active (B, k) bool and indices."""
+    active, indices = active.contiguous(), indices.contiguous()
+    counts = torch.empty(n_experts, dtype=torch.long)
+    total = LIBRARY.get().route_count(active.data_ptr(), indices.data_ptr(), active.numel(),
+                                      n_experts, counts.data_ptr())
+    if total < 0:
+        raise IndexError("routed kernel: an expert index is out of range")
+    return counts, int(total)
+
+
+def route_fill(active: Tensor, indices: Tensor, start: Tensor, T: int, n_pairs: int):
+    """The tile layout of the active slots: rows, pair (n_tiles * T,), slot_pos (B * k,),
+    pair_pos (n_pairs,), expert (n_tiles,); see ``route_fill`` in kernels.c."""
+    B, k = active.shape
+    E = start.shape[0] - 1
+    n_tiles = int(start[-1])
+    active, indices, start = active.contiguous(), indices.contiguous(), start.contiguous()
+    rows = torch.full((n_tiles * T,), B, dtype=torch.long)
+    pair = torch.full((n_tiles * T,), n_pairs, dtype=torch.long)
+    slot_pos = torch.zeros(B * k, dtype=torch.long)
+    pair_pos = torch.empty(n_pairs, dtype=torch.long)
+    expert = torch.empty(n_tiles, dtype=torch.long)
+    fill = torch.empty(E, dtype=torch.long)
+    LIBRARY.get().route_fill(active.data_ptr(), indices.data_ptr(), B * k, k, E, T, start.data_ptr(),
+                             fill.data_ptr(), rows.data_ptr(), pair.data_ptr(), slot_pos.data_ptr(),
+                             pair_pos.data_ptr(), expert.data_ptr())
+    return rows, pair, slot_pos, pair_pos, expert
