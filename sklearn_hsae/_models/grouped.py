@@ -309,6 +309,33 @@ def _routed_down_chunked(x: Tensor, W_down: Tensor, route: Route) -> Tensor:
     return out
 
 
+class _ChildSelect(torch.autograd.Function):
+    """Every pair's best child: ``v = relu(E[p] u)[c*] D[p, c*]`` (see ``native.child_forward``)."""
+
+    @staticmethod
+    def forward(ctx, u, E_child, D_child, route):
+        rows, B = _tile_rows(route), route.slot_pos.shape[0]
+        v, act, arg = native.child_forward(u, E_child, D_child, rows, route.tiling.expert, B)
+        ctx.save_for_backward(u, E_child, D_child, act, arg)
+        ctx.route = route
+        ctx.mark_non_differentiable(act, arg)
+        return v, act, arg
+
+    @staticmethod
+    def backward(ctx, grad_v, grad_act, grad_arg):
+        u, E_child, D_child, act, arg = ctx.saved_tensors
+        route = ctx.route
+        grads = native.child_backward(grad_v, u, E_child, D_child, act, arg, _tile_rows(route),
+                                      route.tiling.start, route.slot_pos.shape[0])
+        return (*grads, None)
+
+
+def select_children(u: Tensor, E_child: Tensor, D_child: Tensor, route: Route):
+    """(v (n_tiles, T, s), act (n_tiles, T), arg (n_tiles, T)): each pair's best child and
+    its contribution in the subspace, by ``kernels.c`` in one pass (native routes only)."""
+    return _ChildSelect.apply(u, E_child, D_child, route)
+
+
 def routed_down(x: Tensor, W_down: Tensor, route: Route) -> Tensor:
     """Project every active pair's row into its expert's subspace -> (n_tiles, T, s)."""
     if not torch.is_grad_enabled() or not (x.requires_grad or W_down.requires_grad):

@@ -203,6 +203,69 @@ int NAME(const REAL* v, const REAL* W, const int64_t* rows, const int64_t* start
     return 0;                                                                             \
 }
 
+/* child_fwd: each parent's tiny child SAE on the subspace vectors u (n_tiles, T, s),
+ * tiles [t0, t1): pre[c] = E[p, c] . u, the best child (first largest relu(pre)),
+ * act = relu(pre[best]), v = act * D[p, best]; padding slots give 0, 0, 0. */
+#define CHILD_FWD(NAME, REAL)                                                             \
+int NAME(const REAL* u, const REAL* E, const REAL* D, const int64_t* expert,             \
+         const int64_t* rows, REAL* v, REAL* act, int64_t* arg, int64_t t0, int64_t t1,   \
+         int64_t T, int64_t s, int64_t C, int64_t R, int64_t m) {                         \
+    for (int64_t t = t0; t < t1; ++t) {                                                   \
+        int64_t p = expert[t];                                                            \
+        if (p < 0 || p >= m) return 1;                                                    \
+        const REAL* e = E + p * C * s;                                                    \
+        for (int64_t i = 0; i < T; ++i) {                                                 \
+            int64_t q = t * T + i;                                                        \
+            const REAL* uu = u + q * s;                                                   \
+            REAL best = 0;                                                                \
+            int64_t c_best = 0;                                                           \
+            if (rows[q] != R)                                                             \
+                for (int64_t c = 0; c < C; ++c) {                                         \
+                    REAL pre = 0;                                                         \
+                    for (int64_t j = 0; j < s; ++j) pre += e[c * s + j] * uu[j];          \
+                    if (pre > best) { best = pre; c_best = c; }                           \
+                }                                                                         \
+            act[q] = best;                                                                \
+            arg[q] = c_best;                                                              \
+            const REAL* atom = D + (p * C + c_best) * s;                                  \
+            for (int64_t j = 0; j < s; ++j) v[q * s + j] = best * atom[j];                \
+        }                                                                                 \
+    }                                                                                     \
+    return 0;                                                                             \
+}
+
+/* child_bwd: from grad_v, the gradients of u (n_tiles, T, s), of E and of D (m, C, s),
+ * experts [p0, p1), each expert's slots summed in tile order. Only the chosen child of a
+ * slot has a gradient, and its encoder row only where act > 0 (relu). */
+#define CHILD_BWD(NAME, REAL)                                                             \
+int NAME(const REAL* grad_v, const REAL* u, const REAL* E, const REAL* D,                \
+         const REAL* act, const int64_t* arg, const int64_t* rows, const int64_t* start,  \
+         REAL* grad_u, REAL* grad_E, REAL* grad_D, int64_t p0, int64_t p1, int64_t T,     \
+         int64_t s, int64_t C, int64_t R, int64_t n_tiles) {                              \
+    for (int64_t p = p0; p < p1; ++p) {                                                   \
+        REAL* gE = grad_E + p * C * s;                                                    \
+        REAL* gD = grad_D + p * C * s;                                                    \
+        memset(gE, 0, sizeof(REAL) * C * s);                                              \
+        memset(gD, 0, sizeof(REAL) * C * s);                                              \
+        if (start[p] < 0 || start[p + 1] > n_tiles) return 1;                             \
+        for (int64_t q = start[p] * T; q < start[p + 1] * T; ++q) {                       \
+            REAL* gu = grad_u + q * s;                                                    \
+            REAL a = act[q];                                                              \
+            int64_t c = arg[q];                                                           \
+            if (rows[q] == R || !(a > 0)) { for (int64_t j = 0; j < s; ++j) gu[j] = 0; continue; } \
+            if (c < 0 || c >= C) return 1;                                                \
+            const REAL* gv = grad_v + q * s;                                              \
+            const REAL* atom = D + (p * C + c) * s;                                       \
+            const REAL* enc = E + (p * C + c) * s;                                        \
+            const REAL* uu = u + q * s;                                                   \
+            REAL g_act = 0;                                                               \
+            for (int64_t j = 0; j < s; ++j) { g_act += gv[j] * atom[j]; gD[c * s + j] += a * gv[j]; } \
+            for (int64_t j = 0; j < s; ++j) { gu[j] = g_act * enc[j]; gE[c * s + j] += g_act * uu[j]; } \
+        }                                                                                 \
+    }                                                                                     \
+    return 0;                                                                             \
+}
+
 PAIR_DOT(pair_dot_f32, float)
 PAIR_DOT(pair_dot_f64, double)
 EXPERT_OUTER(expert_outer_f32, float)
@@ -211,6 +274,10 @@ DOT_OUTER(dot_outer_f32, float)
 DOT_OUTER(dot_outer_f64, double)
 PAIR_SUM(pair_sum_f32, float)
 PAIR_SUM(pair_sum_f64, double)
+CHILD_FWD(child_fwd_f32, float)
+CHILD_FWD(child_fwd_f64, double)
+CHILD_BWD(child_bwd_f32, float)
+CHILD_BWD(child_bwd_f64, double)
 
 /* Routing: the tile layout of the active (row, expert) slots of a (B, k) TopK code, as
  * grouped.py's make_tiling and make_route build it with sorts, here by counting.

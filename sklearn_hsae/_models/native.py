@@ -46,6 +46,8 @@ _SIGNATURES = {
     "expert_outer": [_P] * 5 + [_L] * 7,
     "dot_outer": [_P] * 7 + [_L] * 7,
     "pair_sum": [_P] * 5 + [_L] * 7,
+    "child_fwd": [_P] * 8 + [_L] * 7,
+    "child_bwd": [_P] * 11 + [_L] * 7,
 }
 _ROUTING = {
     "route_count": ([_P, _P, _L, _L, _P], ctypes.c_int64),
@@ -260,3 +262,36 @@ def route_fill(active: Tensor, indices: Tensor, start: Tensor, T: int, n_pairs: 
                              fill.data_ptr(), rows.data_ptr(), pair.data_ptr(), slot_pos.data_ptr(),
                              pair_pos.data_ptr(), expert.data_ptr())
     return rows, pair, slot_pos, pair_pos, expert
+
+
+def child_forward(u: Tensor, E: Tensor, D: Tensor, rows: Tensor, expert: Tensor, n_rows: int):
+    """Each active parent's best child on u (n_tiles, T, s): (v (n_tiles, T, s), act
+    (n_tiles, T), arg (n_tiles, T) int64); slots of row ``n_rows`` are padding. See
+    ``child_fwd`` in kernels.c."""
+    n_tiles, T, s = u.shape
+    m, C, _ = E.shape
+    u, E, D, rows, expert = (t.contiguous() for t in (u, E, D, rows, expert))
+    v, act = torch.empty_like(u), u.new_empty(n_tiles, T)
+    arg = torch.empty(n_tiles, T, dtype=torch.long)
+    fn = getattr(LIBRARY.get(), f"child_fwd_{_suffix(u, E)}")
+    _suffix(u, D)
+    ranges = _even(n_tiles, _parts(rows.numel() * C * s, n_tiles))
+    LIBRARY.run(fn, (u.data_ptr(), E.data_ptr(), D.data_ptr(), expert.data_ptr(), rows.data_ptr(),
+                     v.data_ptr(), act.data_ptr(), arg.data_ptr()), ranges, (T, s, C, n_rows, m))
+    return v, act, arg
+
+
+def child_backward(grad_v: Tensor, u: Tensor, E: Tensor, D: Tensor, act: Tensor, arg: Tensor,
+                   rows: Tensor, start: Tensor, n_rows: int):
+    """Gradients of ``child_forward``'s v with respect to u, E and D."""
+    n_tiles, T, s = u.shape
+    m, C, _ = E.shape
+    tensors = (grad_v, u, E, D, act, arg, rows, start)
+    grad_v, u, E, D, act, arg, rows, start = (t.contiguous() for t in tensors)
+    grad_u, grad_E, grad_D = torch.empty_like(u), torch.empty_like(E), torch.empty_like(D)
+    fn = getattr(LIBRARY.get(), f"child_bwd_{_suffix(u, grad_v)}")
+    ranges = _expert_ranges(start, _parts(rows.numel() * 4 * s, m))
+    LIBRARY.run(fn, (grad_v.data_ptr(), u.data_ptr(), E.data_ptr(), D.data_ptr(), act.data_ptr(),
+                     arg.data_ptr(), rows.data_ptr(), start.data_ptr(), grad_u.data_ptr(),
+                     grad_E.data_ptr(), grad_D.data_ptr()), ranges, (T, s, C, n_rows, n_tiles))
+    return grad_u, grad_E, grad_D

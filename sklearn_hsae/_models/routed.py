@@ -25,7 +25,7 @@ from .common import (
     sparse_decode, spread_unit_vectors, topk_select, update_dead_counter_,
 )
 from .fused import kernels_for
-from .grouped import make_route, routed_down, routed_up
+from .grouped import make_route, routed_down, routed_up, select_children
 from .workspace import Workspace
 
 
@@ -53,7 +53,7 @@ class RoutedCodes(NamedTuple):
 class _Internals(NamedTuple):
     codes: RoutedCodes
     enc: Encoded  # parent pre-activations (B, m)
-    child_pre_active: Tensor  # (n_tiles, T, C) child pre-activations of active experts
+    child_pre_active: Tensor | None  # (n_tiles, T, C) child pre-activations (L1 only)
 
 
 class RoutedSAE(SAEBase):
@@ -146,17 +146,23 @@ class RoutedSAE(SAEBase):
                            kernels=kernels_for(self.compile_mode, x.device, pair_macs))
         g = route.tiling.expert  # (n_tiles,)
         u = routed_down(xc, self.W_down, route)  # (n_tiles, T, s)
-        child_pre = torch.bmm(u, self.E_child[g].transpose(1, 2))  # (n_tiles, T, C)
-        child_act, child_arg = F.relu(child_pre).max(dim=-1)  # (n_tiles, T)
-        child_act = child_act * route.tiling.valid
-        atom = self.D_child[g[:, None], child_arg]  # (n_tiles, T, s)
-        x_hat = x_par + routed_up(child_act[..., None] * atom, self.W_up, route)  # (B, d)
+        if route.kernels == "native" and cfg.l1_coef == 0:  # one C pass, no (n_tiles, T, C)
+            v, child_act, child_arg = select_children(u, self.E_child, self.D_child, route)
+            child_pre_active = None
+        else:
+            child_pre = torch.bmm(u, self.E_child[g].transpose(1, 2))  # (n_tiles, T, C)
+            child_act, child_arg = F.relu(child_pre).max(dim=-1)  # (n_tiles, T)
+            child_act = child_act * route.tiling.valid
+            atom = self.D_child[g[:, None], child_arg]  # (n_tiles, T, s)
+            v = child_act[..., None] * atom  # (n_tiles, T, s)
+            child_pre_active = child_pre * route.tiling.valid[..., None]  # for the L1 term
+        x_hat = x_par + routed_up(v, self.W_up, route)  # (B, d)
 
         # Back to the (B, k) slot layout of the parents.
         child_values = child_act.reshape(-1)[route.slot_pos] * route.slot_active  # (B, k)
         child_indices = indices * C + child_arg.reshape(-1)[route.slot_pos]  # (B, k)
         codes = RoutedCodes(values, indices, child_values, child_indices, x_hat, x_par)
-        return _Internals(codes, enc, child_pre * route.tiling.valid[..., None])
+        return _Internals(codes, enc, child_pre_active)
 
     def forward(self, x: Tensor) -> Codes:
         """Codes per level; child values multiply the children's unit directions."""
