@@ -428,6 +428,14 @@ def test_fast_kernels_gradients_match_eager_and_dense(kernels, l1_coef, monkeypa
         torch.testing.assert_close(grads[kernels][1][name], p.grad, msg=f"dense gradient of {name}")
     with torch.no_grad():  # encoding without a graph takes the same kernels
         torch.testing.assert_close(model._forward(x).codes.x_hat, dense_reference(model, x)[4])
+    # An input that needs its gradient (attribution) takes the per-row path instead of
+    # the bias-only shortcut; both agree with dense autograd.
+    xg = x.clone().requires_grad_(True)
+    model.zero_grad()
+    model.loss(xg).loss.backward()
+    xd = x.clone().requires_grad_(True)
+    dense_loss(model, xd).backward()
+    torch.testing.assert_close(xg.grad, xd.grad)
 
 
 @cc

@@ -217,16 +217,17 @@ def _sum_tiles(per_tile: Tensor, route: Route, n_experts: int) -> Tensor:
 
 
 class _RoutedDown(torch.autograd.Function):
-    """``u = W_down[expert] @ x[row]`` for every pair, in tile layout (n_tiles, T, s)."""
+    """``u = W_down[expert] @ (x[row] - b)`` for every pair, in tile layout (n_tiles, T, s)."""
 
     @staticmethod
-    def forward(ctx, x, W_down, route):
+    def forward(ctx, x, b, W_down, route):
         ctx.route = route
+        xc = x - b  # (B, d)
         if route.kernels != "eager":  # the rows are read in place; backward re-reads them
-            ctx.save_for_backward(x, W_down)
+            ctx.save_for_backward(xc, W_down)
             ctx.gathered = False
-            return _pair_dot(x, W_down, route)
-        xt = _gather_tiles(x, route, "rows")  # (n_tiles, T, d), saved for backward
+            return _pair_dot(xc, W_down, route)
+        xt = _gather_tiles(xc, route, "rows")  # (n_tiles, T, d), saved for backward
         wt = W_down.index_select(0, route.tiling.expert)  # (n_tiles, s, d)
         ctx.save_for_backward(xt, W_down)
         ctx.gathered = True
@@ -236,15 +237,22 @@ class _RoutedDown(torch.autograd.Function):
     def backward(ctx, grad_u):
         saved, W_down = ctx.saved_tensors
         route = ctx.route
-        grad_x = grad_w = None
+        grad_x = grad_b = grad_w = None
         if ctx.needs_input_grad[0]:  # sum over each row's k pairs: a weighted gather-sum
-            grad_x = _row_sum(grad_u, W_down, route)
+            grad_x = _row_sum(grad_u, W_down, route)  # (B, d)
         if ctx.needs_input_grad[1]:
+            if grad_x is not None:
+                grad_b = -grad_x.sum(0)
+            else:  # sum_b grad_x[b] = sum_p (sum of p's grad_u) @ W_down[p]: no (B, d) sum
+                per_tile = (grad_u * route.tiling.valid[..., None]).sum(1)  # (n_tiles, s)
+                per_expert = per_tile.new_zeros(W_down.shape[:2]).index_add_(0, route.tiling.expert, per_tile)
+                grad_b = -torch.einsum("ps,psd->d", per_expert, W_down)  # (d,)
+        if ctx.needs_input_grad[2]:
             if ctx.gathered:
                 grad_w = _sum_tiles(fused.eager_tile_outer(grad_u, saved), route, W_down.shape[0])
             else:
                 grad_w = _expert_grad(grad_u.contiguous(), saved, route, W_down.shape[0])
-        return grad_x, grad_w, None
+        return grad_x, grad_b, grad_w, None
 
 
 class _RoutedUp(torch.autograd.Function):
@@ -336,11 +344,13 @@ def select_children(u: Tensor, E_child: Tensor, D_child: Tensor, route: Route):
     return _ChildSelect.apply(u, E_child, D_child, route)
 
 
-def routed_down(x: Tensor, W_down: Tensor, route: Route) -> Tensor:
-    """Project every active pair's row into its expert's subspace -> (n_tiles, T, s)."""
-    if not torch.is_grad_enabled() or not (x.requires_grad or W_down.requires_grad):
-        return _routed_down_chunked(x, W_down, route)
-    return _RoutedDown.apply(x, W_down, route)
+def routed_down(x: Tensor, b: Tensor, W_down: Tensor, route: Route) -> Tensor:
+    """Project every active pair's centred row ``x - b`` into its expert's subspace ->
+    (n_tiles, T, s). Taking the bias apart lets training skip the (B, d) input gradient:
+    the bias needs only its sum, which is per expert (d floats from m * s)."""
+    if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, b, W_down)):
+        return _routed_down_chunked(x - b, W_down, route)
+    return _RoutedDown.apply(x, b, W_down, route)
 
 
 def routed_up(v: Tensor, W_up: Tensor, route: Route) -> Tensor:

@@ -145,7 +145,7 @@ class RoutedSAE(SAEBase):
         route = make_route(values.detach(), indices, cfg.n_parents, self.workspace,
                            kernels=kernels_for(self.compile_mode, x.device, pair_macs))
         g = route.tiling.expert  # (n_tiles,)
-        u = routed_down(xc, self.W_down, route)  # (n_tiles, T, s)
+        u = routed_down(x, self.b_dec, self.W_down, route)  # (n_tiles, T, s) from x - b_dec
         if route.kernels == "native" and cfg.l1_coef == 0:  # one C pass, no (n_tiles, T, C)
             v, child_act, child_arg = select_children(u, self.E_child, self.D_child, route)
             child_pre_active = None
