@@ -120,39 +120,38 @@ int NAME(const REAL* g, const REAL* table, const REAL* W, const int64_t* rows,  
         const REAL* w = W + p * s * d;                                                    \
         memset(o, 0, sizeof(REAL) * s * d);                                               \
         if (start[p] < 0 || start[p + 1] > n_tiles) return 1;                             \
-        for (int64_t t = start[p]; t < start[p + 1]; ++t) {                               \
-            for (int64_t i = 0; i < T; ++i) {                                             \
-                int64_t r = rows[t * T + i];                                              \
-                REAL* u = dot + (t * T + i) * s;                                          \
-                if (r < 0 || r > R) return 1;                                             \
-                if (r == R) { for (int64_t j = 0; j < s; ++j) u[j] = 0; continue; }       \
-                if (i + 1 < T && rows[t * T + i + 1] >= 0 && rows[t * T + i + 1] < R)     \
-                    PREFETCH(table + rows[t * T + i + 1] * d, d * sizeof(REAL));          \
-                const REAL* x = table + r * d;                                            \
-                const REAL* gg = g + (t * T + i) * s;                                     \
-                int64_t j = 0;                                                            \
-                for (; j + 4 <= s; j += 4) {                                              \
-                    REAL g0 = gg[j], g1 = gg[j + 1], g2 = gg[j + 2], g3 = gg[j + 3];      \
-                    REAL *o0 = o + j * d, *o1 = o0 + d, *o2 = o1 + d, *o3 = o2 + d;       \
-                    const REAL *w0 = w + j * d, *w1 = w0 + d, *w2 = w1 + d, *w3 = w2 + d; \
-                    REAL a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                  \
-                    _Pragma("omp simd reduction(+:a0,a1,a2,a3)")                          \
-                    for (int64_t c = 0; c < d; ++c) {                                     \
-                        REAL xv = x[c];                                                   \
-                        a0 += w0[c] * xv; a1 += w1[c] * xv; a2 += w2[c] * xv; a3 += w3[c] * xv; \
-                        o0[c] += g0 * xv; o1[c] += g1 * xv; o2[c] += g2 * xv; o3[c] += g3 * xv; \
-                    }                                                                     \
-                    u[j] = a0; u[j + 1] = a1; u[j + 2] = a2; u[j + 3] = a3;               \
+        int64_t end = start[p + 1] * T;                                                   \
+        for (int64_t q = start[p] * T; q < end;) {                                        \
+            int64_t r = rows[q];                                                          \
+            if (r < 0 || r > R) return 1;                                                 \
+            if (r == R) { for (int64_t j = 0; j < s; ++j) dot[q * s + j] = 0; ++q; continue; } \
+            /* Two rows at once when the next slot holds one: each load of W and of the \
+             * accumulators then serves both. */                                          \
+            int64_t r2 = q + 1 < end ? rows[q + 1] : R;                                   \
+            int two = r2 >= 0 && r2 < R;                                                  \
+            int64_t nxt = q + 1 + two;                                                    \
+            if (nxt < end && rows[nxt] >= 0 && rows[nxt] < R)                             \
+                PREFETCH(table + rows[nxt] * d, d * sizeof(REAL));                        \
+            if (two && nxt < end - 1 && rows[nxt + 1] >= 0 && rows[nxt + 1] < R)          \
+                PREFETCH(table + rows[nxt + 1] * d, d * sizeof(REAL));                    \
+            const REAL* x = table + r * d;                                                \
+            const REAL* y = table + (two ? r2 : r) * d;                                   \
+            const REAL* gx = g + q * s;                                                   \
+            const REAL* gy = g + (q + 1) * s;                                             \
+            for (int64_t j = 0; j < s; ++j) {                                             \
+                REAL ax = 0, ay = 0, g0 = gx[j], g1 = two ? gy[j] : 0;                    \
+                REAL* oj = o + j * d;                                                     \
+                const REAL* wj = w + j * d;                                               \
+                _Pragma("omp simd reduction(+:ax,ay)")                                    \
+                for (int64_t c = 0; c < d; ++c) {                                         \
+                    REAL xv = x[c], yv = y[c], wv = wj[c];                                \
+                    ax += wv * xv; ay += wv * yv;                                         \
+                    oj[c] += g0 * xv + g1 * yv;                                           \
                 }                                                                         \
-                for (; j < s; ++j) {                                                      \
-                    REAL gj = gg[j], a = 0;                                               \
-                    REAL* oj = o + j * d;                                                 \
-                    const REAL* wj = w + j * d;                                           \
-                    _Pragma("omp simd reduction(+:a)")                                    \
-                    for (int64_t c = 0; c < d; ++c) { a += wj[c] * x[c]; oj[c] += gj * x[c]; } \
-                    u[j] = a;                                                             \
-                }                                                                         \
+                dot[q * s + j] = ax;                                                      \
+                if (two) dot[(q + 1) * s + j] = ay;                                       \
             }                                                                             \
+            q = nxt;                                                                      \
         }                                                                                 \
     }                                                                                     \
     return 0;                                                                             \
