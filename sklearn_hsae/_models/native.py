@@ -183,7 +183,10 @@ def pair_dot(table: Tensor, W: Tensor, rows: Tensor, expert: Tensor) -> Tensor:
 
 def _expert_ranges(start: Tensor, parts: int) -> list[tuple[int, int]]:
     """Split the experts into ``parts`` runs with about the same number of tiles each."""
-    m, n_tiles = start.shape[0] - 1, int(start[-1])
+    m = start.shape[0] - 1
+    if parts == 1:
+        return [(0, m)]
+    n_tiles = int(start[-1])
     cut = torch.searchsorted(start, torch.arange(1, parts) * n_tiles // parts).tolist()
     bounds = [0, *cut, m]
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a] or [(0, m)]
