@@ -77,32 +77,42 @@ int NAME(const REAL* g, const REAL* table, const int64_t* rows, const int64_t* s
         REAL* o = out + p * s * d;                                                        \
         memset(o, 0, sizeof(REAL) * s * d);                                               \
         if (start[p] < 0 || start[p + 1] > n_tiles) return 1;                             \
-        for (int64_t t = start[p]; t < start[p + 1]; ++t) {                               \
-            for (int64_t i = 0; i < T; ++i) {                                             \
-                int64_t r = rows[t * T + i];                                              \
-                if (r < 0 || r > R) return 1;                                             \
-                if (r == R) continue;                                                     \
-                if (i + 1 < T && rows[t * T + i + 1] >= 0 && rows[t * T + i + 1] < R)     \
-                    PREFETCH(table + rows[t * T + i + 1] * d, d * sizeof(REAL));          \
-                const REAL* x = table + r * d;                                            \
-                const REAL* gg = g + (t * T + i) * s;                                     \
-                int64_t j = 0;                                                            \
-                for (; j + 4 <= s; j += 4) {                                              \
-                    REAL g0 = gg[j], g1 = gg[j + 1], g2 = gg[j + 2], g3 = gg[j + 3];      \
-                    REAL *o0 = o + j * d, *o1 = o0 + d, *o2 = o1 + d, *o3 = o2 + d;       \
-                    _Pragma("omp simd")                                                   \
-                    for (int64_t c = 0; c < d; ++c) {                                     \
-                        REAL xv = x[c];                                                   \
-                        o0[c] += g0 * xv; o1[c] += g1 * xv; o2[c] += g2 * xv; o3[c] += g3 * xv; \
-                    }                                                                     \
-                }                                                                         \
-                for (; j < s; ++j) {                                                      \
-                    REAL gj = gg[j];                                                      \
-                    REAL* oj = o + j * d;                                                 \
-                    _Pragma("omp simd")                                                   \
-                    for (int64_t c = 0; c < d; ++c) oj[c] += gj * x[c];                   \
+        int64_t end = start[p + 1] * T;                                                   \
+        for (int64_t q = start[p] * T; q < end;) {                                        \
+            int64_t r = rows[q];                                                          \
+            if (r < 0 || r > R) return 1;                                                 \
+            if (r == R) { ++q; continue; }                                                \
+            /* Two rows at once when the next slot holds one (see dot_outer). */          \
+            int64_t r2 = q + 1 < end ? rows[q + 1] : R;                                   \
+            int two = r2 >= 0 && r2 < R;                                                  \
+            int64_t nxt = q + 1 + two;                                                    \
+            if (nxt < end && rows[nxt] >= 0 && rows[nxt] < R)                             \
+                PREFETCH(table + rows[nxt] * d, d * sizeof(REAL));                        \
+            if (two && nxt < end - 1 && rows[nxt + 1] >= 0 && rows[nxt + 1] < R)          \
+                PREFETCH(table + rows[nxt + 1] * d, d * sizeof(REAL));                    \
+            const REAL* x = table + r * d;                                                \
+            const REAL* y = table + (two ? r2 : r) * d;                                   \
+            const REAL* gx = g + q * s;                                                   \
+            const REAL* gy = g + (q + 1) * s;                                             \
+            int64_t j = 0;                                                                \
+            for (; j + 2 <= s; j += 2) {                                                  \
+                REAL g00 = gx[j], g01 = gx[j + 1];                                        \
+                REAL g10 = two ? gy[j] : 0, g11 = two ? gy[j + 1] : 0;                    \
+                REAL *o0 = o + j * d, *o1 = o0 + d;                                       \
+                _Pragma("omp simd")                                                       \
+                for (int64_t c = 0; c < d; ++c) {                                         \
+                    REAL xv = x[c], yv = y[c];                                            \
+                    o0[c] += g00 * xv + g10 * yv;                                         \
+                    o1[c] += g01 * xv + g11 * yv;                                         \
                 }                                                                         \
             }                                                                             \
+            for (; j < s; ++j) {                                                          \
+                REAL g0 = gx[j], g1 = two ? gy[j] : 0;                                    \
+                REAL* oj = o + j * d;                                                     \
+                _Pragma("omp simd")                                                       \
+                for (int64_t c = 0; c < d; ++c) oj[c] += g0 * x[c] + g1 * y[c];           \
+            }                                                                             \
+            q = nxt;                                                                      \
         }                                                                                 \
     }                                                                                     \
     return 0;                                                                             \
