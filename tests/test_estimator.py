@@ -226,6 +226,8 @@ def test_same_seed_gives_bitwise_identical_fits(data):
         np.testing.assert_array_equal(a[name], b[name])
     assert any(not np.array_equal(a[n], c[n]) for n in a)
     assert torch.are_deterministic_algorithms_enabled() is False  # restored after fit
+    # ... and torch's NaN fill of new tensors, which the fit switches off for its own work.
+    assert torch.utils.deterministic.fill_uninitialized_memory is True
 
 
 def test_fit_records_progress(data):

@@ -232,6 +232,6 @@ class FittingMixin:
         self.loss_curve_ = list(loss_curve)
         if l0 is not None:  # None: interrupted before the first epoch ended
             self.l0_ = [float(v) for v in l0]
-        self._model_state = tree_to_numpy(trainer.model.state_dict())
+        self.__dict__.pop("_model_state_cache", None)  # copied from the trainer when needed
         self._export_fitted(trainer.model, reuse)
 

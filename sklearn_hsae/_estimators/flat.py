@@ -163,7 +163,7 @@ class SparseAutoencoder(BaseSparseAutoencoder):
 
     def _export_fitted(self, model, reuse: bool = False) -> None:
         super()._export_fitted(model, reuse)
-        self.threshold_ = float(self._model_state["threshold"])
+        self.threshold_ = float(model.threshold)
 
     def _codes(self, levels: list) -> SparseCodes:
         return SparseCodes(levels)

@@ -1,28 +1,31 @@
-"""The routed child path's two gather-multiply-reduce kernels, eager or compiled.
+"""Which kernels run the routed child path, and inductor's versions of two of them.
 
-Every op of the child path that reads input rows per (row, parent) pair is one of two
-contractions over tiles of pairs that share an expert (see ``grouped.py``):
+Every op of the child path that reads input rows per (row, parent) pair is a
+contraction over tiles of pairs that share an expert (see ``grouped.py``):
 
 - ``pair_dot(table, W, rows, expert)[t, i] = W[expert[t]] @ table[rows[t, i]]``, shape
   (n_tiles, T, s): the down-projection (table = centred inputs, W = ``W_down``) and, in
   the backward of the up-projection, the gradient of the subspace vectors (table =
   output gradient, W = ``W_up``);
 - ``tile_outer(g, table, rows)[t] = sum_i g[t, i] (x) table[rows[t, i]]``, shape
-  (n_tiles, s, d): the per-tile weight gradients of ``W_down`` and ``W_up``.
+  (n_tiles, s, d): the per-tile weight gradients of ``W_down`` and ``W_up``;
+- the per-row sums of the up-projection (and of the input gradient).
 
 Eagerly each gathers ``table[rows]``, a (n_tiles, T, d) copy (~0.3 GB at B = 4096, k =
-32, d = 576) for a 9 MB input block, then runs a ``bmm``. ``torch.compile`` (inductor:
-C++ through the system compiler on CPU, Triton on CUDA) turns each into one loop nest
-that reads the rows where they are and never writes the copy. Both kernels reduce every
-output element in a fixed order inside one thread, so compiled CPU fits stay bitwise
-reproducible; they round differently from ``bmm`` (agreement ~1e-6 relative).
+32, d = 576) for a 9 MB input block, then runs a ``bmm``. :func:`kernels_for` picks, per
+step, one of three implementations:
 
-Compilation is optional: ``compile=False`` never imports inductor, ``"auto"`` compiles
-only steps large enough to repay it (:func:`use_compiled`), and any failure (no
-compiler, no Triton, an inductor error) warns once and the eager kernels take over.
-Inductor caches compiled kernels on disk (``TORCHINDUCTOR_CACHE_DIR``, by default under
-the system temp folder), so a second process reuses them; shapes are dynamic, so the
-tile count, which changes every step, does not trigger recompiles.
+- "native" (CPU): ``native.py``'s C loops, which read each row once in place; also the
+  routing and the child selection. Built once per machine (~0.3 s), cached on disk.
+- "inductor" (CUDA): ``torch.compile`` (Triton) of the two contractions below, with
+  dynamic shapes so the tile count, which changes every step, does not recompile;
+  inductor caches its kernels on disk. Both reduce every output element in a fixed
+  order, so they are deterministic; on CPU (C++ backend) they were 2-3x slower than the
+  native loops, so CPU never picks them.
+- "eager": torch ops over the gathered copies; no compiler needed.
+
+Any failure (no compiler, no Triton, a build or inductor error) warns once and the eager
+kernels take over; ``compile=False`` never builds or imports anything.
 """
 
 from __future__ import annotations
@@ -35,12 +38,11 @@ from torch import Tensor
 
 from . import native
 
-# Multiply-adds per step of the child path below which "auto" stays eager. Measured on
-# this project's 2-core CPU (median step, routed k=32, s=4, d=576, compiled vs eager):
-# B=4096, 2048 parents 0.64 vs 0.83 s (interleaved, benchmarks/train_speed.py); B=4096,
-# 1024 parents 0.47 vs 0.51 s; B=2048 0.30 vs 0.31 s; B=1024 0.16 vs 0.15 s (512
-# parents) and 0.20 vs 0.21 s (1024). Below B=4096-sized steps compiling buys nothing
-# and costs an inductor import and ~25 s of compilation.
+# Multiply-adds per step of the child path below which "auto" stays eager on CUDA. Set
+# from inductor's CPU backend on this project's 2-core machine (median step, routed
+# k=32, s=4, d=576, inductor vs eager): B=4096, 2048 parents 0.64 vs 0.83 s; 1024
+# parents 0.47 vs 0.51 s; B=2048 0.30 vs 0.31 s; B=1024 0.16 vs 0.15 s. No GPU has
+# measured it yet; below that size compiling costs an inductor import and ~25 s.
 _AUTO_MIN_PAIR_MACS = 1.5e9
 
 
