@@ -230,6 +230,27 @@ def test_same_seed_gives_bitwise_identical_fits(data):
     assert torch.utils.deterministic.fill_uninitialized_memory is True
 
 
+def test_model_state_is_copied_from_the_live_trainer_when_asked(data):
+    """partial_fit copies no weights; the numpy state read afterwards (save, pickle,
+    transform) is the trainer's current one, and a pickle carries it."""
+    est = HierarchicalSparseAutoencoder(n_parents=8, n_children=3, k=2, batch_size=200, random_state=0)
+    est.partial_fit(data[:400])
+    est.partial_fit(data[400:800])
+    assert "_model_state_cache" not in est.__dict__
+    live = {k: v.detach().numpy() for k, v in est._trainer.model.state_dict().items()}
+    state = est._model_state
+    assert state.keys() == live.keys()
+    for name, value in live.items():
+        np.testing.assert_array_equal(state[name], value, err_msg=name)
+        assert not np.shares_memory(state[name], value)  # a copy: later steps leave it alone
+    twin = pickle.loads(pickle.dumps(est))
+    for name, value in live.items():
+        np.testing.assert_array_equal(twin._model_state[name], value, err_msg=name)
+    np.testing.assert_array_equal(twin.transform(data[:50]).toarray(), est.transform(data[:50]).toarray())
+    with pytest.raises(AttributeError):
+        HierarchicalSparseAutoencoder()._model_state
+
+
 def test_fit_records_progress(data):
     est = _fit(data, max_iter=6)
     assert est.n_iter_ == 6 and est.n_steps_ == 6 * 10

@@ -355,6 +355,31 @@ def test_native_kernels_refuse_bad_indices_and_dtypes():
 
 
 @cc
+def test_native_kernels_run_in_a_forked_child():
+    """The thread pool does not survive fork; a child process must get a fresh one
+    instead of waiting forever on the parent's dead workers."""
+    import multiprocessing
+
+    from sklearn_hsae._models import native
+
+    route, gen = _routing(200, 6)
+    rows, expert = route.rows.view(route.tiling.pair.shape), route.tiling.expert
+    x, W = torch.randn(200, 64, dtype=torch.float64), torch.randn(6, 4, 64, dtype=torch.float64)
+    expected = native.pair_dot(x, W, rows, expert)
+    previous = native._MIN_SPLIT
+    native._MIN_SPLIT = 1  # split even this small call over the pool
+    try:
+        native.pair_dot(x, W, rows, expert)  # the parent's pool now exists
+        assert native.LIBRARY.pool is not None or torch.get_num_threads() == 1
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(1) as pool:
+            got = pool.apply_async(native.pair_dot, (x, W, rows, expert)).get(timeout=60)
+    finally:
+        native._MIN_SPLIT = previous
+    assert torch.equal(got, expected)
+
+
+@cc
 def test_native_build_is_cached_per_source(tmp_path, monkeypatch):
     from sklearn_hsae._models import native
 

@@ -143,6 +143,8 @@ class _Library:
 
 
 LIBRARY = _Library()
+# A forked child inherits the pool object but none of its threads: start a fresh one.
+os.register_at_fork(after_in_child=lambda: setattr(LIBRARY, "pool", None))
 
 
 def available() -> bool:
