@@ -22,9 +22,18 @@ import torch
 from torch import Tensor, nn
 
 
+def _torch_at_least(major: int, minor: int) -> bool:
+    parts = torch.__version__.split("+")[0].split(".")
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts[:2]) >= (major, minor)
+
+
+# torch's fused Adam has a CPU kernel from 2.4 on (torch>=2.2 is allowed).
+_FUSED_CPU = hasattr(torch, "_fused_adam_") and _torch_at_least(2, 4)
+
+
 def _fusable(param: Tensor) -> bool:
     """Whether torch's fused CPU Adam kernel can update this parameter."""
-    return (hasattr(torch, "_fused_adam_") and param.device.type == "cpu" and not param.is_sparse
+    return (_FUSED_CPU and param.device.type == "cpu" and not param.is_sparse
             and param.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
             and param.grad.dtype == param.dtype)
 
