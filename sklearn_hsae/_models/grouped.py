@@ -6,8 +6,10 @@ costs k * s * d floats per sample; multiplying every sample by every expert is d
 n_parents * s. Instead we sort the pairs by expert and cut each expert's run into tiles
 of ``T`` pairs, so one ``bmm`` over tiles does the work and each expert's matrix is
 gathered once per tile, not once per pair. Padding slots point at a sentinel row of
-zeros and are masked out. Sums over a row's pairs use ``embedding_bag`` over the (B, k)
-slot layout (a gather-sum, no scatter), and weight gradients are per-tile ``bmm``.
+zeros and are masked out. Eagerly, sums over a row's pairs use ``embedding_bag`` over
+the (B, k) slot layout (a gather-sum, no scatter), and weight gradients are per-tile
+``bmm``; a route built with ``kernels="native"`` (CPU) hands the same layout to
+``native.py``'s C loops instead, which read rows in place (see ``fused.kernels_for``).
 """
 
 from __future__ import annotations

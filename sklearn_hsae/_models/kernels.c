@@ -1,4 +1,5 @@
-/* The routed child path's gather kernels for the CPU, built by native.py.
+/* The routed child path's CPU kernels (projections, routing, child selection), built by
+ * native.py.
  *
  * Plain C99, no torch headers: native.py compiles this file once per machine with the
  * system C compiler into a cached shared library and calls it through ctypes, which
