@@ -28,6 +28,23 @@
         for (int64_t _b = 0; _b < (int64_t)(n); _b += 64) __builtin_prefetch(_p + _b);    \
     } while (0)
 
+/* Inside a loop over the slots q < end of one expert, at a slot holding row r: let the
+ * next slot join it when it holds a row too (two = 1), so that each load of the expert's
+ * block and of its accumulators serves both rows; prefetch the rows after them. Defines
+ * two, nxt (the slot after the pair), x, y (the rows; y = x alone) and gx, gy. */
+#define ROW_PAIR(REAL)                                                                    \
+    int64_t r2 = q + 1 < end ? rows[q + 1] : R;                                           \
+    int two = r2 >= 0 && r2 < R;                                                          \
+    int64_t nxt = q + 1 + two;                                                            \
+    if (nxt < end && rows[nxt] >= 0 && rows[nxt] < R)                                     \
+        PREFETCH(table + rows[nxt] * d, d * sizeof(REAL));                                \
+    if (two && nxt < end - 1 && rows[nxt + 1] >= 0 && rows[nxt + 1] < R)                  \
+        PREFETCH(table + rows[nxt + 1] * d, d * sizeof(REAL));                            \
+    const REAL* x = table + r * d;                                                        \
+    const REAL* y = table + (two ? r2 : r) * d;                                           \
+    const REAL* gx = g + q * s;                                                           \
+    const REAL* gy = g + (q + 1) * s;
+
 /* pair_dot: out[t, i, j] = sum_c W[expert[t], j, c] * table[rows[t, i], c], tiles [t0, t1) */
 #define PAIR_DOT(NAME, REAL)                                                              \
 int NAME(const REAL* table, const REAL* W, const int64_t* rows, const int64_t* expert,   \
@@ -83,18 +100,8 @@ int NAME(const REAL* g, const REAL* table, const int64_t* rows, const int64_t* s
             int64_t r = rows[q];                                                          \
             if (r < 0 || r > R) return 1;                                                 \
             if (r == R) { ++q; continue; }                                                \
-            /* Two rows at once when the next slot holds one (see dot_outer). */          \
-            int64_t r2 = q + 1 < end ? rows[q + 1] : R;                                   \
-            int two = r2 >= 0 && r2 < R;                                                  \
-            int64_t nxt = q + 1 + two;                                                    \
-            if (nxt < end && rows[nxt] >= 0 && rows[nxt] < R)                             \
-                PREFETCH(table + rows[nxt] * d, d * sizeof(REAL));                        \
-            if (two && nxt < end - 1 && rows[nxt + 1] >= 0 && rows[nxt + 1] < R)          \
-                PREFETCH(table + rows[nxt + 1] * d, d * sizeof(REAL));                    \
-            const REAL* x = table + r * d;                                                \
-            const REAL* y = table + (two ? r2 : r) * d;                                   \
-            const REAL* gx = g + q * s;                                                   \
-            const REAL* gy = g + (q + 1) * s;                                             \
+            /* Two rows at once when the next slot holds one (see ROW_PAIR). */           \
+            ROW_PAIR(REAL)                                                                \
             int64_t j = 0;                                                                \
             for (; j + 2 <= s; j += 2) {                                                  \
                 REAL g00 = gx[j], g01 = gx[j + 1];                                        \
@@ -136,19 +143,8 @@ int NAME(const REAL* g, const REAL* table, const REAL* W, const int64_t* rows,  
             int64_t r = rows[q];                                                          \
             if (r < 0 || r > R) return 1;                                                 \
             if (r == R) { for (int64_t j = 0; j < s; ++j) dot[q * s + j] = 0; ++q; continue; } \
-            /* Two rows at once when the next slot holds one: each load of W and of the \
-             * accumulators then serves both. */                                          \
-            int64_t r2 = q + 1 < end ? rows[q + 1] : R;                                   \
-            int two = r2 >= 0 && r2 < R;                                                  \
-            int64_t nxt = q + 1 + two;                                                    \
-            if (nxt < end && rows[nxt] >= 0 && rows[nxt] < R)                             \
-                PREFETCH(table + rows[nxt] * d, d * sizeof(REAL));                        \
-            if (two && nxt < end - 1 && rows[nxt + 1] >= 0 && rows[nxt + 1] < R)          \
-                PREFETCH(table + rows[nxt + 1] * d, d * sizeof(REAL));                    \
-            const REAL* x = table + r * d;                                                \
-            const REAL* y = table + (two ? r2 : r) * d;                                   \
-            const REAL* gx = g + q * s;                                                   \
-            const REAL* gy = g + (q + 1) * s;                                             \
+            /* Two rows at once when the next slot holds one (see ROW_PAIR). */           \
+            ROW_PAIR(REAL)                                                                \
             for (int64_t j = 0; j < s; ++j) {                                             \
                 REAL ax = 0, ay = 0, g0 = gx[j], g1 = two ? gy[j] : 0;                    \
                 REAL* oj = o + j * d;                                                     \
