@@ -330,6 +330,10 @@ class BaseSparseAutoencoder(FittingMixin, ClassNamePrefixFeaturesOutMixin, Trans
     def _model_state(self, state: dict) -> None:
         self.__dict__["_model_state_cache"] = state
 
+    def _has_model_state(self) -> bool:
+        """Whether a model exists (fitted, loaded or unpickled), without copying it."""
+        return "_trainer" in self.__dict__ or "_model_state_cache" in self.__dict__
+
     # --------------------------------------------------------------- pickle
     def __getstate__(self):
         """Pickle numpy only: a model trained on CUDA loads on a CPU-only machine."""

@@ -127,7 +127,7 @@ class FittingMixin:
         self : object
             The fitted estimator.
         """
-        warm = self.warm_start and hasattr(self, "_model_state")
+        warm = self.warm_start and self._has_model_state()
         X = self._check_X(X, reset=not warm)
         rng = check_random_state(self.random_state)
         device = self._device()
@@ -177,7 +177,7 @@ class FittingMixin:
         self : object
             The updated estimator.
         """
-        first = not hasattr(self, "_model_state")
+        first = not self._has_model_state()
         X = self._check_X(X, reset=first)
         device = self._device()
         config = self._fit_config(X.shape[1], X.shape[0], None) if first else self._config

@@ -22,13 +22,8 @@ import torch
 from torch import Tensor, nn
 
 
-def _torch_at_least(major: int, minor: int) -> bool:
-    parts = torch.__version__.split("+")[0].split(".")
-    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts[:2]) >= (major, minor)
-
-
 # torch's fused Adam has a CPU kernel from 2.4 on (torch>=2.2 is allowed).
-_FUSED_CPU = hasattr(torch, "_fused_adam_") and _torch_at_least(2, 4)
+_FUSED_CPU = hasattr(torch, "_fused_adam_") and torch.__version__ >= (2, 4)
 
 
 def _fusable(param: Tensor) -> bool:

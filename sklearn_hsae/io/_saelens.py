@@ -171,13 +171,14 @@ def saelens_level(est, level: int) -> tuple[dict, dict]:
     """``(cfg, tensors)`` of est's flat level ``level`` for ``sae_lens.SAE.load_from_disk``."""
     prefix = _state_prefix(est, level)
     names = ("W_enc", "b_enc", "W_dec", "b_dec", "log_threshold", "threshold")
+    model_state = est._model_state  # one copy (a live trainer's weights are copied per read)
     state = {  # this level's SAE (and a flat model's scalar threshold), in float64
-        name: np.asarray(est._model_state[prefix + name], dtype=np.float64)
+        name: np.asarray(model_state[prefix + name], dtype=np.float64)
         for name in names
-        if prefix + name in est._model_state
+        if prefix + name in model_state
     }
     if "b_dec" not in state:  # nested levels share one decoder bias, stored unprefixed
-        state["b_dec"] = np.asarray(est._model_state["b_dec"], dtype=np.float64)
+        state["b_dec"] = np.asarray(model_state["b_dec"], dtype=np.float64)
     W_enc = state["W_enc"].T.copy()  # (d_in, d_sae): SAELens multiplies x @ W_enc
     b_enc, W_dec, b_dec = state["b_enc"], state["W_dec"], state["b_dec"]
     threshold = _threshold(est, state)
