@@ -227,9 +227,10 @@ def _fit_parser(sub):
     _add(fit, "--checkpoint-dir", metavar="DIR", shown_default="none, no checkpoints",
          help="folder for checkpoints; an interrupted fit resumes from it when run again")
     _add(fit, "--compile", choices=("auto", "yes", "no"), default="auto",
-         help="routed: compiled child-path kernels (C on CPU, built once with the system "
-              "compiler; torch.compile on CUDA). auto: when a compiler is present; a failed "
-              "build falls back to eager with a warning")
+         help="compiled kernels: the routed child path (C on CPU, built once with the "
+              "system compiler; torch.compile on CUDA) and, on CPU, every architecture's sparse "
+              "gradients. auto: when a compiler is present; a failed build falls back to eager "
+              "with a warning")
     _add_progress(fit)
 
 

@@ -179,10 +179,11 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     checkpoint_every : int or None, default=None
         Also checkpoint every this many optimiser steps.
     compile : {"auto", True, False}, default="auto"
-        Routed only: run the child path (the per-parent down and up projections, the
-        per-row sums and their weight gradients) through compiled kernels that read each
-        input row in place instead of copying it once per active parent. On CPU these
-        are C loops built once per machine with the system C compiler (~0.3 s, cached
+        Run the routed child path (the per-parent down and up projections, the per-row
+        sums and their weight gradients) through compiled kernels that read each input
+        row in place instead of copying it once per active parent, and every
+        architecture's sparse encoder and decoder gradients on CPU. On CPU these are C
+        loops built once per machine with the system C compiler (~0.3 s, cached
         under ``SKLEARN_HSAE_CACHE``, default ``~/.cache/sklearn_hsae``); on CUDA,
         ``torch.compile`` (Triton) kernels. ``"auto"`` uses them on CPU whenever a
         compiler is present and on CUDA for large steps (``batch_size * k *

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fused import kernels_for
 from .sparse_ops import select_linear, sparse_decode
 
 
@@ -111,6 +112,9 @@ class SAEBase(nn.Module):
     ``loss_scale`` set from data, nothing to do at the end of a fit, and one
     gradient-clipping group and learning rate."""
 
+    compile_mode: bool | str = False
+    """The estimator's ``compile``: which kernels run (see ``native_sparse``)."""
+
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
         """Set b_dec to the geometric median and the loss scale to the data variance."""
@@ -145,20 +149,28 @@ class Encoded(NamedTuple):
     """indices (B, j) -> the pre-activations there (B, j), with gradients."""
 
 
+def native_sparse(compile_mode, x: Tensor) -> bool:
+    """Whether ``sparse_ops`` should run ``kernels.c`` for a batch x: on CPU when
+    ``compile`` (True or "auto") allows and the library builds (see ``fused.kernels_for``)."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and kernels_for(compile_mode, x.device, float("inf")) == "native")
+
+
 def pre_activations(x: Tensor, weight: Tensor, bias: Tensor, dense: bool = False,
-                    out: Tensor | None = None) -> Encoded:
+                    out: Tensor | None = None, use_native: bool = False) -> Encoded:
     """Linear encoder whose backward, unless ``dense``, touches only selected latents.
 
     A penalty on every pre-activation (an L1, a JumpReLU threshold) needs ``dense=True``;
     TopK-style selections need only the rows they pick (see ``sparse_ops``). ``out``
-    (B, m) receives the pre-activations in the sparse case (a reused buffer).
+    (B, m) receives the pre-activations in the sparse case (a reused buffer);
+    ``use_native``: that sparse backward through ``kernels.c``.
     """
     if dense:
         pre = torch.addmm(bias, x, weight.T)  # (B, m)
         return Encoded(pre, lambda idx: pre.gather(1, idx))
     with torch.no_grad():
         pre = torch.addmm(bias, x, weight.T, out=out)  # (B, m)
-    return Encoded(pre, lambda idx: select_linear(x, weight, bias, idx, pre))
+    return Encoded(pre, lambda idx: select_linear(x, weight, bias, idx, pre, use_native))
 
 
 def topk_select(enc: Encoded, k: int) -> tuple[Tensor, Tensor]:
@@ -200,14 +212,15 @@ def remove_parallel_grad_(weight: Tensor) -> None:
 
 def auxk_loss(
     residual: Tensor, enc: Encoded, dead: Tensor, k_aux: int, decoder: Tensor,
-    allowed: Tensor | None = None,
+    allowed: Tensor | None = None, use_native: bool = False,
 ) -> Tensor:
     """AuxK (Gao et al. 2024, Sec. A.2): dead latents try to explain the residual.
 
     residual: (B, d) the main reconstruction's error, detached by the caller;
     enc: the encoder's pre-activations; dead: (m,) bool; decoder: (m, d); allowed:
     optional (B, m) bool, where each latent may fire at all (Tree SAE: its parent is
-    active, paper 3 Eq. 8); elsewhere a dead latent is never picked.
+    active, paper 3 Eq. 8); elsewhere a dead latent is never picked; use_native: the
+    decoder through ``kernels.c``.
     Normalised by ``||residual||^2`` so the term is scale-free, and damped by
     ``min(n_dead / k_aux, 1)`` as in sparsify so a few dead latents do not dominate.
     """
@@ -227,7 +240,7 @@ def auxk_loss(
     values = F.relu(enc.select(indices))
     if allowed is not None:  # rows with fewer than k_eff allowed latents pick some others
         values = values * allowed.gather(1, local)  # (B, k_eff)
-    recon = sparse_decode(values, indices, decoder)  # (B, d)
+    recon = sparse_decode(values, indices, decoder, use_native)  # (B, d)
     denom = residual.pow(2).sum().clamp_min(torch.finfo(residual.dtype).tiny)
     scale = min(n_dead / k_aux, 1.0)
     return scale * (residual - recon).pow(2).sum() / denom

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import (
-    Codes, Dictionary, LossOutput, SAEBase, auxk_loss, level_l0,
-    normalize_rows_, pre_activations, remove_parallel_grad_, sparse_decode, tied_init_, topk_select,
+    Codes, Dictionary, LossOutput, SAEBase, auxk_loss, level_l0, native_sparse, normalize_rows_,
+    pre_activations, remove_parallel_grad_, sparse_decode, tied_init_, topk_select,
     update_dead_counter_,
 )
 from .workspace import Workspace
@@ -57,11 +57,11 @@ class FlatSAE(SAEBase):
 
 
     # ---------------------------------------------------------------- encode
-    def _encode(self, x: Tensor):
+    def _encode(self, x: Tensor, use_native: bool):
         """Encoder pre-activations and the selected (values, indices), each (B, k')."""
         k = self.config.k
         pre = self.workspace.get("pre", (x.shape[0], self.config.n_latents), x.dtype, x.device)
-        enc = pre_activations(x - self.b_dec, self.W_enc, self.b_enc, out=pre)
+        enc = pre_activations(x - self.b_dec, self.W_enc, self.b_enc, out=pre, use_native=use_native)
         if self.config.activation == "topk":
             values, indices = topk_select(enc, k)
             return enc, values, indices
@@ -89,15 +89,17 @@ class FlatSAE(SAEBase):
             self.threshold.lerp_(cut, 1 - self.config.threshold_momentum)
 
     def forward(self, x: Tensor) -> Codes:
-        _, values, indices = self._encode(x)
-        x_hat = sparse_decode(values, indices, self.W_dec) + self.b_dec
+        use_native = native_sparse(self.compile_mode, x)
+        _, values, indices = self._encode(x, use_native)
+        x_hat = sparse_decode(values, indices, self.W_dec, use_native) + self.b_dec
         return Codes([values], [indices], x_hat, [x_hat])
 
     # ------------------------------------------------------------------ loss
     def loss(self, x: Tensor) -> LossOutput:
         cfg = self.config
-        enc, values, indices = self._encode(x)
-        x_hat = sparse_decode(values, indices, self.W_dec) + self.b_dec
+        use_native = native_sparse(self.compile_mode, x)
+        enc, values, indices = self._encode(x, use_native)
+        x_hat = sparse_decode(values, indices, self.W_dec, use_native) + self.b_dec
         err = x - x_hat
         sq_error = err.pow(2).sum()
         norm = x.shape[0] * self.loss_scale
@@ -106,14 +108,14 @@ class FlatSAE(SAEBase):
         total = recon
         for width in cfg.prefixes[:-1]:  # Matryoshka: every shorter prefix on its own
             inside = values * (indices < width)
-            part = sparse_decode(inside, indices, self.W_dec) + self.b_dec
+            part = sparse_decode(inside, indices, self.W_dec, use_native) + self.b_dec
             prefix_loss = (x - part).pow(2).sum() / norm
             terms[f"prefix{width}"] = prefix_loss
             total = total + prefix_loss
         update_dead_counter_(self.tokens_since_fired, indices, values)
         if cfg.aux_coef > 0:
             dead = self.tokens_since_fired > cfg.dead_tokens
-            aux = auxk_loss(err.detach(), enc, dead, cfg.aux_k, self.W_dec)
+            aux = auxk_loss(err.detach(), enc, dead, cfg.aux_k, self.W_dec, use_native=use_native)
             total = total + cfg.aux_coef * aux
             terms["auxk"] = aux
         return LossOutput(total, sq_error.detach(), level_l0([values]),

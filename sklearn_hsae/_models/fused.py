@@ -86,7 +86,7 @@ class _Compiled:
         self.failed = True
         warnings.warn(
             f"torch.compile of the routed child path failed ({type(exc).__name__}: {str(exc)[:300]}); "
-            "training and encoding continue with the eager kernels (same results, slower). "
+            "training and encoding continue with the eager kernels (equal to float rounding, slower). "
             "Pass compile=False to skip the attempt.",
             RuntimeWarning, stacklevel=4,
         )
@@ -119,8 +119,8 @@ class _NativeWarning:
         if not cls.warned:
             cls.warned = True
             warnings.warn(
-                f"building the routed child path's C kernels failed ({native.LIBRARY.error}); "
-                "training and encoding continue with the eager kernels (same results, slower). "
+                f"building sklearn_hsae's C kernels (kernels.c) failed ({native.LIBRARY.error}); "
+                "training and encoding continue with the eager kernels (equal to float rounding, slower). "
                 "Pass compile=False to skip the attempt.",
                 RuntimeWarning, stacklevel=5,
             )

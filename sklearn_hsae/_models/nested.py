@@ -61,6 +61,7 @@ from .common import (
     auxk_loss,
     SAEBase,
     level_l0,
+    native_sparse,
     normalize_rows_,
     pre_activations,
     remove_parallel_grad_,
@@ -218,9 +219,10 @@ class NestedSAE(SAEBase):
         None for level 0), level after level: each needs the activity of the one above."""
         xc = x - self.b_dec
         out, active = [], None
+        use_native = native_sparse(self.compile_mode, x)
         for li, level in enumerate(self.levels):
             shape = (x.shape[0], level.W_enc.shape[0])
-            enc = pre_activations(xc, level.W_enc, level.b_enc,
+            enc = pre_activations(xc, level.W_enc, level.b_enc, use_native=use_native,
                                   out=self.workspace.get(f"pre{li}", shape, x.dtype, x.device))
             if active is None:
                 allowed = None
@@ -236,8 +238,9 @@ class NestedSAE(SAEBase):
     def _prefixes(self, encoded) -> list[Tensor]:
         """Cumulative reconstructions ``b_dec + sum_{t <= l} D_t z_t``, each (B, d)."""
         x_hats = []
+        use_native = native_sparse(self.compile_mode, self.b_dec)
         for level, (_, values, indices, _) in zip(self.levels, encoded):
-            part = sparse_decode(values, indices, level.W_dec)  # (B, d)
+            part = sparse_decode(values, indices, level.W_dec, use_native)  # (B, d)
             x_hats.append(part + (x_hats[-1] if x_hats else self.b_dec))
         return x_hats
 
@@ -261,7 +264,8 @@ class NestedSAE(SAEBase):
             update_dead_counter_(level.tokens_since_fired, i, v)
             if cfg.aux_coef > 0:  # Eq. 8: dead features where their parent fires
                 dead = level.tokens_since_fired > cfg.dead_tokens
-                aux = auxk_loss(err.detach(), enc, dead, cfg.aux_k[li], level.W_dec, allowed)
+                aux = auxk_loss(err.detach(), enc, dead, cfg.aux_k[li], level.W_dec, allowed,
+                                native_sparse(self.compile_mode, x))
                 total = total + cfg.aux_coef * aux
                 terms[f"auxk{li}"] = aux
         self._step_loss = total.detach()

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .common import (
     Codes, Dictionary, Encoded, LossOutput, SAEBase, auxk_loss, bi_orthogonality,
-    level_l0, normalize_rows_, pre_activations, remove_parallel_grad_,
+    level_l0, native_sparse, normalize_rows_, pre_activations, remove_parallel_grad_,
     sparse_decode, spread_unit_vectors, topk_select, update_dead_counter_,
 )
 from .fused import kernels_for
@@ -62,7 +62,7 @@ class RoutedSAE(SAEBase):
     cumulative: ClassVar[bool] = True  # x_hat = parents' reconstruction + children's
     compile_mode: bool | str = False
     """``True``, ``False`` or ``"auto"`` (the estimator's ``compile``): the child path's
-    kernels, picked per step by ``fused.kernels_for``."""
+    kernels, picked per step by ``fused.kernels_for``, and the parents' (``native_sparse``)."""
 
     def __init__(self, config, *, device=None, dtype=torch.float32):
         super().__init__()
@@ -132,11 +132,13 @@ class RoutedSAE(SAEBase):
         cfg = self.config
         B, C = x.shape[0], cfg.n_children
         xc = x - self.b_dec  # (B, d)
+        use_native = native_sparse(self.compile_mode, x)
         # The L1 on every pre-activation needs the dense encoder gradient.
         enc = pre_activations(xc, self.W_enc, self.b_enc, dense=cfg.l1_coef > 0,
-                     out=self.workspace.get("pre", (B, cfg.n_parents), x.dtype, x.device))
+                              out=self.workspace.get("pre", (B, cfg.n_parents), x.dtype, x.device),
+                              use_native=use_native)
         values, indices = topk_select(enc, cfg.k)  # (B, k)
-        x_par = sparse_decode(values, indices, self.W_dec) + self.b_dec  # (B, d)
+        x_par = sparse_decode(values, indices, self.W_dec, use_native) + self.b_dec  # (B, d)
 
         # Children of the active (row, parent) pairs only, tiled by parent.
         # Multiply-adds of the child path's projections in a training step (forward and
@@ -193,7 +195,8 @@ class RoutedSAE(SAEBase):
         update_dead_counter_(self.tokens_since_fired, codes.parent_indices, codes.parent_values)
         if cfg.aux_coef > 0:
             dead = self.tokens_since_fired > cfg.dead_tokens
-            aux = auxk_loss(err.detach(), inner.enc, dead, cfg.aux_k, self.W_dec)
+            aux = auxk_loss(err.detach(), inner.enc, dead, cfg.aux_k, self.W_dec,
+                            use_native=native_sparse(self.compile_mode, x))
             total = total + cfg.aux_coef * aux
             terms["auxk"] = aux
         if cfg.l1_coef > 0:

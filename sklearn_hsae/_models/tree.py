@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import (
-    Codes, Dictionary, LossOutput, auxk_loss, geometric_median, level_l0, normalize_rows_,
-    pre_activations, remove_parallel_grad_, sparse_decode, tied_init_, topk_select,
+    Codes, Dictionary, LossOutput, auxk_loss, geometric_median, level_l0, native_sparse,
+    normalize_rows_, pre_activations, remove_parallel_grad_, sparse_decode, tied_init_, topk_select,
     update_dead_counter_,
 )
 from .jumprelu import count_active, jump_relu
@@ -90,6 +90,7 @@ class TreeSAE(nn.Module):
     """Parameters and forward pass of the tree HSAE; no training logic."""
 
     cumulative: ClassVar[bool] = False  # every level reconstructs x on its own
+    compile_mode: bool | str = False  # the estimator's ``compile`` (see ``native_sparse``)
 
     def __init__(self, config, *, device=None, dtype=torch.float32):
         super().__init__()
@@ -166,11 +167,12 @@ class TreeSAE(nn.Module):
             upper.has_children[arg[arg >= 0]] = True
 
     # ---------------------------------------------------------------- forward
-    def _encode_level(self, level: _Level, x: Tensor):
+    def _encode_level(self, level: _Level, x: Tensor, use_native: bool):
         # JumpReLU's thresholds learn from every pre-activation: dense encoder there.
         dense = self.config.sparsity == "l0"
         pre = self.workspace.get(f"pre{id(level)}", (x.shape[0], level.W_enc.shape[0]), x.dtype, x.device)
-        enc = pre_activations(x - level.b_dec, level.W_enc, level.b_enc, dense=dense, out=None if dense else pre)
+        enc = pre_activations(x - level.b_dec, level.W_enc, level.b_enc, dense=dense,
+                              out=None if dense else pre, use_native=use_native)
         if self.config.sparsity == "topk":
             values, indices = topk_select(enc, self.config.k)  # (B, k)
             return enc, values, indices, None
@@ -184,11 +186,12 @@ class TreeSAE(nn.Module):
 
     def forward(self, x: Tensor) -> Codes:
         values, indices, x_hats = [], [], []
+        use_native = native_sparse(self.compile_mode, x)
         for level in self.levels:
-            _, v, i, _ = self._encode_level(level, x)
+            _, v, i, _ = self._encode_level(level, x, use_native)
             values.append(v)
             indices.append(i)
-            x_hats.append(sparse_decode(v, i, level.W_dec) + level.b_dec)
+            x_hats.append(sparse_decode(v, i, level.W_dec, use_native) + level.b_dec)
         return Codes(values, indices, x_hats[-1], x_hats)
 
     def _perturbation(self, level_index: int) -> Tensor | None:
@@ -208,11 +211,12 @@ class TreeSAE(nn.Module):
         cfg = self.config
         B = x.shape[0]
         norm = B * self.loss_scale
-        encoded = [self._encode_level(level, x) for level in self.levels]
+        use_native = native_sparse(self.compile_mode, x)
+        encoded = [self._encode_level(level, x, use_native) for level in self.levels]
         total = x.new_zeros(())
         terms = {}
         for li, (level, (enc, v, i, counts)) in enumerate(zip(self.levels, encoded)):
-            x_hat = sparse_decode(v, i, level.W_dec) + level.b_dec
+            x_hat = sparse_decode(v, i, level.W_dec, use_native) + level.b_dec
             err = x - x_hat
             sq_error = err.pow(2).sum()
             swap = self._perturbation(li)
@@ -221,8 +225,8 @@ class TreeSAE(nn.Module):
                 _, vc, ic, _ = encoded[li + 1]
                 pc = below.parent_index[ic]
                 moved = (pc >= 0) & swap[pc.clamp_min(0)]
-                x_pert = (sparse_decode(v * ~swap[i], i, level.W_dec)
-                          + sparse_decode(vc * moved, ic, below.W_dec) + level.b_dec)
+                x_pert = (sparse_decode(v * ~swap[i], i, level.W_dec, use_native)
+                          + sparse_decode(vc * moved, ic, below.W_dec, use_native) + level.b_dec)
                 recon = (x - x_pert).pow(2).sum() / norm
             else:
                 recon = sq_error / norm
@@ -231,7 +235,7 @@ class TreeSAE(nn.Module):
             update_dead_counter_(level.tokens_since_fired, i, v)
             if cfg.aux_coef > 0:
                 dead = level.tokens_since_fired > cfg.dead_tokens
-                aux = auxk_loss(err.detach(), enc, dead, cfg.aux_k, level.W_dec)
+                aux = auxk_loss(err.detach(), enc, dead, cfg.aux_k, level.W_dec, use_native=use_native)
                 total = total + cfg.aux_coef * aux
                 terms[f"auxk{li}"] = aux
             if counts is not None:
