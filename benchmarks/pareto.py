@@ -9,11 +9,13 @@ Run from the repository root (the activation cache is built on first use)::
 Data: SmolLM2-135M layer-15 activations (``fetch_text_activations``), whole texts held
 out (``benchmarks/realdata.py``'s split). Every contender trains on the same tokens for
 ``--max-iter`` epochs of batch 1024 with ``random_state=0``; contenders run one after
-another, never beside each other. Per contender:
+another, never beside each other, in ``--repeats`` rounds that each fit every contender
+once (interleaved, so a change of machine load between rounds hits all of them alike).
+Per contender:
 
-- ``fit_seconds``: wall time of ``fit`` (everything a user waits for), ``--repeats``
-  times, each with the 1-minute load average just before; the front uses the median.
-  CPU fits are deterministic, so every repeat gives the same model (checked);
+- ``fit_seconds``: wall time of ``fit`` (everything a user waits for), once per round,
+  each with the 1-minute load average just before; the front uses the median. CPU fits
+  are deterministic, so every round gives the same model (checked);
 - ``held_out_ev`` (``score``) and, with ``--n-ce-texts``, CE loss recovered on that many
   held-out texts;
 - ``reconstruction_l0``: atoms the model's own reconstruction adds up per row
@@ -108,33 +110,43 @@ def _reconstruction_l0(est) -> float:
     return float(est.l0_[-1])
 
 
-def measure(name, family, est, data, train, test, texts, repeats: int) -> dict:
+def fit_once(est, X_train, X_test) -> tuple[object, float, float, float]:
+    """A fresh clone of ``est`` fitted: (fitted, seconds, load before, held-out EV)."""
+    fitted = clone(est)
+    load = common.load_average()[0]
+    start = time.perf_counter()
+    fitted.fit(X_train)
+    seconds = round(time.perf_counter() - start, 2)
+    return fitted, seconds, load, float(fitted.score(X_test))
+
+
+def first_row(name, family, fitted, seconds, load, ev, d, texts) -> dict:
+    """A contender's row from its first fit (CE loss recovered timed apart from it)."""
     from sklearn_hsae.metrics import ce_loss_recovered
 
-    X_train, X_test = data.X[train], data.X[test]
-    times, loads, evs = [], [], []
-    for _ in range(repeats):
-        fitted = clone(est)
-        loads.append(common.load_average()[0])
-        start = time.perf_counter()
-        fitted.fit(X_train)
-        times.append(round(time.perf_counter() - start, 2))
-        evs.append(float(fitted.score(X_test)))
-    if len(set(evs)) != 1:
-        raise RuntimeError(f"{name}: repeated CPU fits disagree ({evs}); timings would not be comparable")
     row = {
         "model": name, "family": family, "k": fitted.k,
         "width": int(sum(len(c) for c in fitted.components_by_level_)),
-        "fit_seconds": times, "fit_seconds_median": round(statistics.median(times), 2), "load_1min": loads,
-        "n_steps": fitted.n_steps_, "held_out_ev": round(evs[0], 4),
+        "fit_seconds": [seconds], "fit_seconds_median": seconds, "load_1min": [load],
+        "n_steps": fitted.n_steps_, "held_out_ev": round(ev, 4),
         "reconstruction_l0": round(_reconstruction_l0(fitted), 2),
-        "train_gflop_per_token": train_gflop_per_token(fitted, data.X.shape[1]),
+        "train_gflop_per_token": train_gflop_per_token(fitted, d),
     }
     if texts:
         start = time.perf_counter()
         row["ce_loss_recovered"] = round(float(ce_loss_recovered(fitted, texts, layer=15)["ce_loss_recovered"]), 4)
         row["ce_seconds"] = round(time.perf_counter() - start, 1)
     return row
+
+
+def add_repeat(row: dict, seconds: float, load: float, ev: float) -> None:
+    """Another round's fit of the row's contender; refuses one that trained differently."""
+    if round(ev, 4) != row["held_out_ev"]:
+        raise RuntimeError(f"{row['model']}: repeated CPU fits disagree ({row['held_out_ev']} vs "
+                           f"{ev}); timings would not be comparable")
+    row["fit_seconds"].append(seconds)
+    row["load_1min"].append(load)
+    row["fit_seconds_median"] = round(statistics.median(row["fit_seconds"]), 2)
 
 
 def front(rows) -> list[dict]:
@@ -171,7 +183,7 @@ def markdown(report: dict) -> str:
              f"{report['machine']['date']}, {report['machine']['cpu_cores']} cores, "
              f"{report['machine']['threads']} threads; {report['n_train_tokens']:,} training tokens, "
              f"{report['n_test_tokens']:,} held-out tokens, {report['max_iter']} epochs of batch 1024, "
-             f"{report['repeats']} timed fits per contender. See the module docstring.", "",
+             f"{report['repeats']} timed fits per contender, in interleaved rounds. See the module docstring.", "",
              *([report["note"], ""] if report.get("note") else []),
              "## Every contender", "",
              "| model | held_out_ev | ce_loss_recovered | reconstruction_l0 | fit_seconds (median; all) | "
@@ -265,7 +277,7 @@ def main(argv=None) -> None:
                       {"auto": "auto", "no": False}[args.routed_compile])
     if args.quick:
         grid = contenders(args.families, [1024], (32,), routed=[(128, 16, 4)])
-        args.max_iter, args.repeats, args.n_ce_texts = 1, 1, min(args.n_ce_texts, 5)
+        args.max_iter, args.n_ce_texts = 1, min(args.n_ce_texts, 5)
     texts = [data.texts[i] for i in held[: args.n_ce_texts]]
     out = Path(args.out) if args.out else (None if args.quick else RESULTS)
     settings = {"wikipedia": args.wikipedia, "max_iter": args.max_iter,
@@ -274,16 +286,25 @@ def main(argv=None) -> None:
     stem = "pareto_wikipedia" if args.wikipedia else "pareto"  # another corpus: another file
     rows = _kept_rows(out / f"{stem}.json", settings, set(grid)) if out else []
     report = {"machine": common.machine_info(torch.get_num_threads()), **settings, "repeats": args.repeats}
-    for name, (family, est) in grid.items():
-        est.set_params(max_iter=args.max_iter)
-        rows.append(measure(name, family, est, data, train, test, texts, args.repeats))
-        print(json.dumps(rows[-1]), flush=True)
-        report["rows"] = rows
-        if out:  # after every contender: a long run interrupted keeps what it measured
-            out.mkdir(parents=True, exist_ok=True)
-            (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-            (out / f"{stem}.md").write_text(markdown(report))
-            plot(rows, out / f"{stem}.png")
+    X_train, X_test = data.X[train], data.X[test]
+    ran: dict[str, dict] = {}
+    for round_ in range(args.repeats):  # every contender once per round: interleaved
+        for name, (family, est) in grid.items():
+            est.set_params(max_iter=args.max_iter)
+            fitted, seconds, load, ev = fit_once(est, X_train, X_test)
+            if round_ == 0:
+                ran[name] = first_row(name, family, fitted, seconds, load, ev, data.X.shape[1], texts)
+                rows.append(ran[name])
+            else:
+                add_repeat(ran[name], seconds, load, ev)
+            del fitted
+            print(json.dumps(ran[name]), flush=True)
+            report["rows"] = rows
+            if out:  # after every fit: a long run interrupted keeps what it measured
+                out.mkdir(parents=True, exist_ok=True)
+                (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+                (out / f"{stem}.md").write_text(markdown(report))
+                plot(rows, out / f"{stem}.png")
     print(markdown(report))
 
 
