@@ -113,7 +113,8 @@ class SAEBase(nn.Module):
     gradient-clipping group and learning rate."""
 
     compile_mode: bool | str = False
-    """The estimator's ``compile``: which kernels run (see ``native_sparse``)."""
+    """``True``, ``False`` or ``"auto"``, the estimator's ``compile``: which kernels run,
+    picked per step (``native_sparse``; the routed child path: ``fused.kernels_for``)."""
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:

@@ -60,9 +60,7 @@ class RoutedSAE(SAEBase):
     """Parameters and forward pass of the routed H-SAE; no training logic."""
 
     cumulative: ClassVar[bool] = True  # x_hat = parents' reconstruction + children's
-    compile_mode: bool | str = False
-    """``True``, ``False`` or ``"auto"`` (the estimator's ``compile``): the child path's
-    kernels, picked per step by ``fused.kernels_for``, and the parents' (``native_sparse``)."""
+    # compile_mode (SAEBase) also picks the child path's kernels: ``fused.kernels_for``.
 
     def __init__(self, config, *, device=None, dtype=torch.float32):
         super().__init__()
