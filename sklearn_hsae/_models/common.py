@@ -152,9 +152,9 @@ class Encoded(NamedTuple):
 
 def native_sparse(compile_mode, x: Tensor) -> bool:
     """Whether ``sparse_ops`` should run ``kernels.c`` for a batch x: on CPU when
-    ``compile`` (True or "auto") allows and the library builds (see ``fused.kernels_for``)."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and kernels_for(compile_mode, x.device, float("inf")) == "native")
+    ``compile`` (True or "auto") allows and the library builds (see ``fused.kernels_for``;
+    ``sparse_ops`` itself checks each call's dtype)."""
+    return x.device.type == "cpu" and kernels_for(compile_mode, x.device, float("inf")) == "native"
 
 
 def pre_activations(x: Tensor, weight: Tensor, bias: Tensor, dense: bool = False,

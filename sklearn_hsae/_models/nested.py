@@ -214,12 +214,12 @@ class NestedSAE(SAEBase):
 
 
     # ---------------------------------------------------------------- forward
-    def _encode(self, x: Tensor) -> list[tuple[Encoded, Tensor, Tensor, Tensor | None]]:
+    def _encode(self, x: Tensor,
+                use_native: bool) -> list[tuple[Encoded, Tensor, Tensor, Tensor | None]]:
         """Per level (pre-activations, values (B, k), indices (B, k), allowed (B, w) or
         None for level 0), level after level: each needs the activity of the one above."""
         xc = x - self.b_dec
         out, active = [], None
-        use_native = native_sparse(self.compile_mode, x)
         for li, level in enumerate(self.levels):
             shape = (x.shape[0], level.W_enc.shape[0])
             enc = pre_activations(xc, level.W_enc, level.b_enc, use_native=use_native,
@@ -235,28 +235,29 @@ class NestedSAE(SAEBase):
             out.append((enc, values, indices, allowed))
         return out
 
-    def _prefixes(self, encoded) -> list[Tensor]:
+    def _prefixes(self, encoded, use_native: bool) -> list[Tensor]:
         """Cumulative reconstructions ``b_dec + sum_{t <= l} D_t z_t``, each (B, d)."""
         x_hats = []
-        use_native = native_sparse(self.compile_mode, self.b_dec)
         for level, (_, values, indices, _) in zip(self.levels, encoded):
             part = sparse_decode(values, indices, level.W_dec, use_native)  # (B, d)
             x_hats.append(part + (x_hats[-1] if x_hats else self.b_dec))
         return x_hats
 
     def forward(self, x: Tensor) -> Codes:
-        encoded = self._encode(x)
-        x_hats = self._prefixes(encoded)
+        use_native = native_sparse(self.compile_mode, x)
+        encoded = self._encode(x, use_native)
+        x_hats = self._prefixes(encoded, use_native)
         return Codes([e[1] for e in encoded], [e[2] for e in encoded], x_hats[-1], x_hats)
 
     # ------------------------------------------------------------------- loss
     def loss(self, x: Tensor) -> LossOutput:
         cfg = self.config
         norm = x.shape[0] * self.loss_scale
-        encoded = self._encode(x)
+        use_native = native_sparse(self.compile_mode, x)
+        encoded = self._encode(x, use_native)
         total, terms = x.new_zeros(()), {}
         for li, (level, (enc, v, i, allowed), x_hat) in enumerate(
-                zip(self.levels, encoded, self._prefixes(encoded))):
+                zip(self.levels, encoded, self._prefixes(encoded, use_native))):
             err = x - x_hat
             sq_error = err.pow(2).sum()
             terms[f"recon{li}"] = sq_error / norm  # Eq. 7: every prefix reconstructs x
@@ -265,7 +266,7 @@ class NestedSAE(SAEBase):
             if cfg.aux_coef > 0:  # Eq. 8: dead features where their parent fires
                 dead = level.tokens_since_fired > cfg.dead_tokens
                 aux = auxk_loss(err.detach(), enc, dead, cfg.aux_k[li], level.W_dec, allowed,
-                                native_sparse(self.compile_mode, x))
+                                use_native)
                 total = total + cfg.aux_coef * aux
                 terms[f"auxk{li}"] = aux
         self._step_loss = total.detach()

@@ -53,6 +53,7 @@ class RoutedCodes(NamedTuple):
 class _Internals(NamedTuple):
     codes: RoutedCodes
     enc: Encoded  # parent pre-activations (B, m)
+    use_native: bool  # the parents' sparse gradients through kernels.c (native_sparse)
     child_pre_active: Tensor | None  # (n_tiles, T, C) child pre-activations (L1 only)
 
 
@@ -162,7 +163,7 @@ class RoutedSAE(SAEBase):
         child_values = child_act.reshape(-1)[route.slot_pos] * route.slot_active  # (B, k)
         child_indices = indices * C + child_arg.reshape(-1)[route.slot_pos]  # (B, k)
         codes = RoutedCodes(values, indices, child_values, child_indices, x_hat, x_par)
-        return _Internals(codes, enc, child_pre_active)
+        return _Internals(codes, enc, use_native, child_pre_active)
 
     def forward(self, x: Tensor) -> Codes:
         """Codes per level; child values multiply the children's unit directions."""
@@ -194,7 +195,7 @@ class RoutedSAE(SAEBase):
         if cfg.aux_coef > 0:
             dead = self.tokens_since_fired > cfg.dead_tokens
             aux = auxk_loss(err.detach(), inner.enc, dead, cfg.aux_k, self.W_dec,
-                            use_native=native_sparse(self.compile_mode, x))
+                            use_native=inner.use_native)
             total = total + cfg.aux_coef * aux
             terms["auxk"] = aux
         if cfg.l1_coef > 0:
