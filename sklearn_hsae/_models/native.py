@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("kernels.c")
-_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c99")
+_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fPIC", "-shared", "-std=c99")
 # Below this many multiply-adds a call runs on the calling thread alone: handing work to
 # the pool costs ~20-50 us, the whole call at this size about as much.
 _MIN_SPLIT = 2_000_000
