@@ -163,3 +163,29 @@ def test_threads_for_is_scoped():
     assert torch.get_num_threads() == before
     with threads_for(1e12):
         assert torch.get_num_threads() == before  # large steps keep torch's setting
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e6, "exact"])
+def test_clipping_matches_clip_grad_norm_bit_for_bit(clip):
+    """The trainer scales gradients only where torch's clip_grad_norm_ would not multiply
+    by 1: the same norm and the same gradients, bit for bit, clipped or not."""
+    trainer = make_trainer()
+    group = trainer.clip_groups[0]
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in group]
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in group]
+    for p, q, gr in zip(group, reference, grads):
+        p.grad, q.grad = gr.clone(), gr.clone()
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(gr) for gr in grads]))
+    max_norm = float(total) if clip == "exact" else clip  # at the norm itself: a factor just below 1
+    trainer.config = TrainConfig(1e-2, 30, 3, grad_clip=max_norm)
+    ours = trainer._clip(group)
+    theirs = torch.nn.utils.clip_grad_norm_(reference, max_norm)
+    assert torch.equal(ours, theirs)
+    for p, q in zip(group, reference):
+        assert torch.equal(p.grad, q.grad)
+    after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in group]))
+    if clip == 1e-3:
+        assert float(after) == pytest.approx(1e-3, rel=1e-6)
+    elif clip == 1e6:
+        assert all(torch.equal(p.grad, gr) for p, gr in zip(group, grads))  # untouched

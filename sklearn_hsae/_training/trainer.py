@@ -108,7 +108,14 @@ class Trainer:
         if not grads:
             return torch.zeros(())
         if self.config.grad_clip > 0:
-            return torch.nn.utils.clip_grad_norm_(group, self.config.grad_clip)
+            # clip_grad_norm_ multiplies every gradient by its coefficient clamped to 1
+            # on every step (2.4 ms of a routed 2048x16 step at B = 4096 for a factor of
+            # 1); scale only when the clamp would not give 1, the same arithmetic. The
+            # test syncs with the device, as the finiteness check after this does anyway.
+            total = torch.nn.utils.get_total_norm(grads)
+            if self.config.grad_clip / (total + 1e-6) < 1:
+                torch.nn.utils.clip_grads_with_norm_(group, self.config.grad_clip, total)
+            return total
         return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
     def _synchronise(self, loss: Tensor) -> Tensor:
