@@ -65,17 +65,20 @@ typedef double vf64 __attribute__((vector_size(32), aligned(sizeof(double))));
 #define DOT_ROWS(SUF, REAL)                                                               \
 static void dot_rows_##SUF(const REAL* table, const REAL* w, const int64_t* rows,         \
                            int64_t q0, int64_t q1, REAL* out, int64_t s, int64_t d,       \
-                           int64_t R) {                                                   \
+                           int64_t R, int64_t pf_end) {                                   \
     for (int64_t q = q0; q < q1;) {                                                       \
         int64_t r = rows[q];                                                              \
         REAL* o = out + q * s;                                                            \
         if (r == R) { for (int64_t j = 0; j < s; ++j) o[j] = 0; ++q; continue; }          \
-        /* up to three consecutive slots holding rows; missing ones repeat x */           \
+        /* up to three consecutive slots holding rows (missing ones repeat x); the rows   \
+         * two groups ahead, up to pf_end, are fetched meanwhile (one group ahead: 6 %    \
+         * slower, measured) */                                                           \
         int n = 1;                                                                        \
         while (n < 3 && q + n < q1 && rows[q + n] != R) ++n;                              \
         int64_t nxt = q + n;                                                              \
-        for (int64_t a = nxt; a < nxt + 3 && a < q1; ++a)                                 \
-            if (rows[a] != R) PREFETCH(table + rows[a] * d, d * sizeof(REAL));            \
+        for (int64_t a = nxt + 3; a < nxt + 6 && a < pf_end; ++a)                         \
+            if (rows[a] >= 0 && rows[a] < R)                                              \
+                PREFETCH(table + rows[a] * d, d * sizeof(REAL));                          \
         const REAL* x = table + r * d;                                                    \
         const REAL* y = n > 1 ? table + rows[q + 1] * d : x;                              \
         const REAL* z = n > 2 ? table + rows[q + 2] * d : x;                              \
@@ -237,7 +240,7 @@ int NAME(const REAL* table, const REAL* W, const int64_t* rows, const int64_t* e
          int64_t R, int64_t m) {                                                          \
     for (int64_t t = t0; t < t1; ++t) {                                                   \
         if (expert[t] < 0 || expert[t] >= m || !rows_ok(rows, t * T, (t + 1) * T, R)) return 1; \
-        dot_rows_##SUF(table, W + expert[t] * s * d, rows, t * T, (t + 1) * T, out, s, d, R); \
+        dot_rows_##SUF(table, W + expert[t] * s * d, rows, t * T, (t + 1) * T, out, s, d, R, t1 * T); \
     }                                                                                     \
     return 0;                                                                             \
 }
@@ -273,7 +276,7 @@ int NAME(const REAL* g, const REAL* table, const REAL* W, const int64_t* rows,  
             dot_outer_fused_##SUF(g, table, W + p * s * d, rows, q0, q1, dot, outer + p * s * d, s, d, R); \
             continue;                                                                     \
         }                                                                                 \
-        dot_rows_##SUF(table, W + p * s * d, rows, q0, q1, dot, s, d, R);                 \
+        dot_rows_##SUF(table, W + p * s * d, rows, q0, q1, dot, s, d, R, q1);             \
         outer_rows_##SUF(g, table, rows, q0, q1, outer + p * s * d, s, d, R);             \
     }                                                                                     \
     return 0;                                                                             \
