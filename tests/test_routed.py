@@ -270,11 +270,12 @@ def _routing(B=40, m=6, k=3, seed=3, dtype=torch.float64):
 
 @cc
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("s", [3, 4, 6])
-def test_native_kernels_match_einsum(dtype, s, monkeypatch):
+@pytest.mark.parametrize("s", [1, 3, 4, 6])
+@pytest.mark.parametrize("d", [13, 150])  # 150: every vector block and tail of the loops
+def test_native_kernels_match_einsum(dtype, s, d, monkeypatch):
     from sklearn_hsae._models import native
 
-    B, d, m = 40, 13, 6
+    B, m = 40, 6
     route, gen = _routing(B, m)
     rows, expert = route.rows.view(route.tiling.pair.shape), route.tiling.expert
     assert (rows == B).any()  # padding slots, which must read as zeros
@@ -297,6 +298,11 @@ def test_native_kernels_match_einsum(dtype, s, monkeypatch):
     torch.testing.assert_close(got["fused"][0], dot, **tol)
     torch.testing.assert_close(got["fused"][1], outer, **tol)
     torch.testing.assert_close(got["row_sum"], row_sum, **tol)
+    base = torch.randn(B, d, generator=gen, dtype=dtype)  # x_hat = x_par + children, in one pass
+    torch.testing.assert_close(native.pair_sum(v, W, rows, route.tiling.start, B, base=base),
+                               base + row_sum, **tol)
+    with pytest.raises(ValueError, match=r"base must have shape \(40, %d\)" % d):
+        native.pair_sum(v, W, rows, route.tiling.start, B, base=base[1:])
     # Work split over threads: every element is summed by one call in a fixed order, so
     # one thread and many give the same bits.
     monkeypatch.setattr(native, "_MIN_SPLIT", 1)
@@ -461,6 +467,34 @@ def test_fast_kernels_gradients_match_eager_and_dense(kernels, l1_coef, monkeypa
     xd = x.clone().requires_grad_(True)
     dense_loss(model, xd).backward()
     torch.testing.assert_close(xg.grad, xd.grad)
+
+
+@cc
+def test_expert_weight_gradients_reuse_their_memory_and_still_accumulate(monkeypatch):
+    """W_down's and W_up's gradients land in reused memory (no per-step allocation) that
+    autograd adopts without a copy; a gradient already there is added to, not aliased."""
+    model, x = make_model(aux_coef=0.0, beta=0.3)
+    x = torch.cat([x] * 6)
+    _force_kernels(monkeypatch, "native")
+    names = ("W_down", "W_up")
+    model.loss(x).loss.backward()
+    first = {n: getattr(model, n).grad.clone() for n in names}
+    memory = {n: getattr(model, n).grad.data_ptr() for n in names}
+    model.zero_grad()
+    other = x.flip(0) * 0.5 + 0.1
+    model.loss(other).loss.backward()
+    second = {n: getattr(model, n).grad.clone() for n in names}
+    for n in names:
+        assert getattr(model, n).grad.data_ptr() == memory[n], n
+        assert not torch.allclose(second[n], first[n]), n
+    model.loss(x).loss.backward()  # no zero_grad: accumulates onto the second batch's
+    for n in names:
+        torch.testing.assert_close(getattr(model, n).grad, second[n] + first[n], msg=n)
+    model.zero_grad()
+    _force_kernels(monkeypatch, "eager")  # the eager kernels allocate, with equal values
+    model.loss(x).loss.backward()
+    for n in names:
+        torch.testing.assert_close(getattr(model, n).grad, first[n], msg=n)
 
 
 @cc

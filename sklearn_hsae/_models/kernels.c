@@ -282,16 +282,18 @@ int NAME(const REAL* g, const REAL* table, const REAL* W, const int64_t* rows,  
     return 0;                                                                             \
 }
 
-/* pair_sum: out[b, c] = sum over the pairs (t, i) with rows[t, i] == b, by ascending
- * expert, of sum_j v[t, i, j] * W[expert[t], j, c]; output rows [b0, b1). Rows rise
+/* pair_sum: out[b, c] = base[b, c] (0 when base is NULL) plus the sum over the pairs
+ * (t, i) with rows[t, i] == b, by ascending expert, of sum_j v[t, i, j] *
+ * W[expert[t], j, c]; output rows [b0, b1). Rows rise
  * within each expert's run of slots (pairs are sorted by expert, stably), so a binary
  * search finds the part of every run that lands in [b0, b1); each expert's s x d block
  * is read once per call instead of once per pair. */
 #define PAIR_SUM(NAME, REAL)                                                              \
 int NAME(const REAL* v, const REAL* W, const int64_t* rows, const int64_t* start,         \
-         REAL* out, int64_t b0, int64_t b1, int64_t T, int64_t s, int64_t d,              \
-         int64_t R, int64_t m) {                                                          \
-    memset(out + b0 * d, 0, sizeof(REAL) * (b1 - b0) * d);                                \
+         const REAL* base, REAL* out, int64_t b0, int64_t b1, int64_t T, int64_t s,       \
+         int64_t d, int64_t R, int64_t m) {                                               \
+    if (base) memcpy(out + b0 * d, base + b0 * d, sizeof(REAL) * (b1 - b0) * d);          \
+    else memset(out + b0 * d, 0, sizeof(REAL) * (b1 - b0) * d);                           \
     for (int64_t p = 0; p < m; ++p) {                                                     \
         int64_t lo = start[p] * T, hi = start[p + 1] * T;                                 \
         if (lo < 0 || hi < lo || hi > start[m] * T) return 1;                             \

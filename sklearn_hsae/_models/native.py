@@ -48,7 +48,7 @@ _SIGNATURES = {
     "pair_dot": [_P] * 5 + [_L] * 7,
     "expert_outer": [_P] * 5 + [_L] * 7,
     "dot_outer": [_P] * 7 + [_L] * 7,
-    "pair_sum": [_P] * 5 + [_L] * 7,
+    "pair_sum": [_P] * 6 + [_L] * 7,
     "child_fwd": [_P] * 8 + [_L] * 7,
     "child_bwd": [_P] * 11 + [_L] * 7,
 }
@@ -186,6 +186,15 @@ def pair_dot(table: Tensor, W: Tensor, rows: Tensor, expert: Tensor) -> Tensor:
     return out
 
 
+def _output(out: Tensor | None, like: Tensor, shape: tuple) -> Tensor:
+    if out is None:
+        return like.new_empty(shape)
+    if tuple(out.shape) != shape or out.dtype != like.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {like.dtype} tensor of shape {shape}, "
+                         f"got {out.dtype} {tuple(out.shape)}")
+    return out
+
+
 def _expert_ranges(start: Tensor, parts: int) -> list[tuple[int, int]]:
     """Split the experts into ``parts`` runs with about the same number of tiles each."""
     m = start.shape[0] - 1
@@ -197,14 +206,15 @@ def _expert_ranges(start: Tensor, parts: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a] or [(0, m)]
 
 
-def expert_outer(g: Tensor, table: Tensor, rows: Tensor, start: Tensor) -> Tensor:
+def expert_outer(g: Tensor, table: Tensor, rows: Tensor, start: Tensor,
+                 out: Tensor | None = None) -> Tensor:
     """``out[p] = sum over p's tiles t and slots i of g[t, i] (x) table[rows[t, i]]``,
     (m, s, d); ``start`` (m + 1,) the first tile of every expert; row ``len(table)``
-    reads as zeros."""
+    reads as zeros. ``out``: a contiguous (m, s, d) tensor to write into."""
     n_tiles, T = rows.shape
     s, d, m = g.shape[2], table.shape[1], start.shape[0] - 1
     g, table, rows, start = (t.contiguous() for t in (g, table, rows, start))
-    out = table.new_empty(m, s, d)
+    out = _output(out, table, (m, s, d))
     fn = getattr(LIBRARY.get(), f"expert_outer_{_suffix(table, g)}")
     ranges = _expert_ranges(start, _parts(rows.numel() * s * d, m))
     LIBRARY.run(fn, (g.data_ptr(), table.data_ptr(), rows.data_ptr(), start.data_ptr(),
@@ -212,13 +222,14 @@ def expert_outer(g: Tensor, table: Tensor, rows: Tensor, start: Tensor) -> Tenso
     return out
 
 
-def dot_outer(g: Tensor, table: Tensor, W: Tensor, rows: Tensor, start: Tensor) -> tuple[Tensor, Tensor]:
+def dot_outer(g: Tensor, table: Tensor, W: Tensor, rows: Tensor, start: Tensor,
+              outer: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(pair_dot(table, W, rows, expert), expert_outer(g, table, rows, start))`` in one
-    pass over the rows (the backward of the up-projection)."""
+    pass over the rows (the backward of the up-projection); ``outer`` as ``out`` there."""
     n_tiles, T = rows.shape
     m, s, d = W.shape
     g, table, W, rows, start = (t.contiguous() for t in (g, table, W, rows, start))
-    dot, outer = table.new_empty(n_tiles, T, s), table.new_empty(m, s, d)
+    dot, outer = table.new_empty(n_tiles, T, s), _output(outer, table, (m, s, d))
     fn = getattr(LIBRARY.get(), f"dot_outer_{_suffix(table, W)}")
     _suffix(table, g)
     ranges = _expert_ranges(start, _parts(2 * rows.numel() * s * d, m))
@@ -228,16 +239,24 @@ def dot_outer(g: Tensor, table: Tensor, W: Tensor, rows: Tensor, start: Tensor) 
     return dot, outer
 
 
-def pair_sum(v: Tensor, W: Tensor, rows: Tensor, start: Tensor, n_rows: int) -> Tensor:
-    """``out[b] = sum over the tile slots (t, i) of row b of v[t, i] @ W[expert[t]]``,
-    (n_rows, d), from tile-layout v (n_tiles, T, s); padding slots hold row ``n_rows``."""
+def pair_sum(v: Tensor, W: Tensor, rows: Tensor, start: Tensor, n_rows: int,
+             base: Tensor | None = None) -> Tensor:
+    """``out[b] = base[b] + sum over the tile slots (t, i) of row b of v[t, i] @
+    W[expert[t]]``, (n_rows, d), from tile-layout v (n_tiles, T, s); padding slots hold
+    row ``n_rows``; no ``base``: zeros."""
     n_tiles, T = rows.shape
     m, s, d = W.shape
     v, W, rows, start = (t.contiguous() for t in (v, W, rows, start))
+    if base is not None:
+        if tuple(base.shape) != (n_rows, d):
+            raise ValueError(f"base must have shape {(n_rows, d)}, got {tuple(base.shape)}")
+        base = base.contiguous()
+        _suffix(v, base)
     out = v.new_empty(n_rows, d)
     fn = getattr(LIBRARY.get(), f"pair_sum_{_suffix(v, W)}")
     ranges = _even(n_rows, _parts(rows.numel() * s * d, n_rows))
-    LIBRARY.run(fn, (v.data_ptr(), W.data_ptr(), rows.data_ptr(), start.data_ptr(), out.data_ptr()),
+    LIBRARY.run(fn, (v.data_ptr(), W.data_ptr(), rows.data_ptr(), start.data_ptr(),
+                     None if base is None else base.data_ptr(), out.data_ptr()),
                 ranges, (T, s, d, n_rows, m))
     return out
 

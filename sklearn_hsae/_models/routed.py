@@ -146,7 +146,9 @@ class RoutedSAE(SAEBase):
         route = make_route(values.detach(), indices, cfg.n_parents, self.workspace,
                            kernels=kernels_for(self.compile_mode, x.device, pair_macs))
         g = route.tiling.expert  # (n_tiles,)
-        u = routed_down(x, self.b_dec, self.W_down, route)  # (n_tiles, T, s) from x - b_dec
+        # Centred once for both encoders; without a wanted input gradient b_dec's comes
+        # per expert from routed_down instead of through a (B, d) gradient of xc.
+        u = routed_down(xc if x.requires_grad else xc.detach(), self.b_dec, self.W_down, route)
         if route.kernels == "native" and cfg.l1_coef == 0:  # one C pass, no (n_tiles, T, C)
             v, child_act, child_arg = select_children(u, self.E_child, self.D_child, route)
             child_pre_active = None
@@ -157,7 +159,7 @@ class RoutedSAE(SAEBase):
             atom = self.D_child[g[:, None], child_arg]  # (n_tiles, T, s)
             v = child_act[..., None] * atom  # (n_tiles, T, s)
             child_pre_active = child_pre * route.tiling.valid[..., None]  # for the L1 term
-        x_hat = x_par + routed_up(v, self.W_up, route)  # (B, d)
+        x_hat = routed_up(v, self.W_up, route, base=x_par)  # (B, d): x_par + children
 
         # Back to the (B, k) slot layout of the parents.
         child_values = child_act.reshape(-1)[route.slot_pos] * route.slot_active  # (B, k)
