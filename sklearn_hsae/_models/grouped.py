@@ -197,10 +197,9 @@ def weight_grad_buffer(W: Tensor, route: Route, name: str) -> Tensor | None:
     back in. Routed 2048x16 steps at B = 1024, in-process A/B, medians of 12: 104 ms and
     528 page faults per step against 128 ms and 11240 (at B = 4096 the (B, d)
     temporaries fault as much either way). Only when ``W.grad`` is None: an existing
-    gradient is being accumulated
-    into and must not share this memory. The next step's backward overwrites the
-    buffer, so a caller must not keep ``W.grad`` past the optimiser step (the trainer
-    does not).
+    gradient is being accumulated into and must not share this memory. The next step's
+    backward overwrites the buffer, so a caller must not keep ``W.grad`` past the
+    optimiser step (the trainer does not).
     """
     if W.grad is not None or route.kernels != "native":
         return None
