@@ -1,9 +1,11 @@
 /* The routed child path's CPU kernels (projections, routing, child selection), built by
  * native.py.
  *
- * Plain C99, no torch headers: native.py compiles this file once per machine with the
- * system C compiler into a cached shared library and calls it through ctypes, which
- * releases the GIL, so Python threads can run disjoint ranges of one call in parallel.
+ * C99 plus GCC/clang vector extensions, no torch headers: native.py compiles this file
+ * once per machine with the system C compiler into a cached shared library (a compiler
+ * without the extensions fails the build, and the caller stays eager) and calls it
+ * through ctypes, which releases the GIL, so Python threads can run disjoint ranges of
+ * one call in parallel.
  *
  * Every output element is computed by exactly one call, summing in a fixed order that
  * does not depend on how the work was split: results are bitwise reproducible for any
