@@ -251,6 +251,39 @@ def test_model_state_is_copied_from_the_live_trainer_when_asked(data):
         HierarchicalSparseAutoencoder()._model_state
 
 
+@pytest.mark.parametrize("make", [
+    lambda: HierarchicalSparseAutoencoder(n_parents=8, n_children=3, subspace_dim=2, k=2,
+                                          batch_size=200, random_state=0),
+    lambda: SparseAutoencoder(n_components=12, k=3, activation="batchtopk", batch_size=200,
+                              random_state=0),
+], ids=["routed", "flat"])
+def test_partial_fit_publishes_the_dictionary_when_first_read(make, data):
+    """partial_fit builds no dictionary; the first read of any derived attribute exports
+    the trainer's current one, equal to an eager export, into the previous array."""
+    est = make()
+    assert not hasattr(est, "components_")  # unfitted: still an AttributeError
+    est.partial_fit(data[:200])
+    names = type(est)._derived_attributes
+    assert not any(n in est.__dict__ for n in names)
+    first, before = est.components_, est.components_.copy()
+    assert all(n in est.__dict__ for n in names)  # one read publishes them all
+    est.partial_fit(data[200:400])
+    est.partial_fit(data[400:600])
+    assert "components_" not in est.__dict__
+    twin = pickle.loads(pickle.dumps(est))  # a pickle carries the current arrays
+    assert "_export_pending" not in vars(twin) and "components_" in vars(twin)
+    assert est.components_ is first and not np.array_equal(first, before)  # updated in place
+    eager = make().fit(data[:200])
+    eager._export_fitted(est._trainer.model)  # the same model exported eagerly
+    for copy in (est, twin):
+        for name in names:
+            a, b = getattr(copy, name), getattr(eager, name)
+            for x, y in zip(*([a, b] if isinstance(a, list) else [[a], [b]])):
+                np.testing.assert_array_equal(x, y, err_msg=name)
+    with pytest.raises(AttributeError, match="no attribute 'not_a_thing_'"):
+        est.not_a_thing_
+
+
 def test_fit_records_progress(data):
     est = _fit(data, max_iter=6)
     assert est.n_iter_ == 6 and est.n_steps_ == 6 * 10

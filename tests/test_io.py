@@ -509,8 +509,8 @@ def test_lists_of_arrays_are_recomputed_and_their_index_ranges_checked(
     cls = HierarchicalSparseAutoencoder
     export = cls._export_fitted
 
-    def export_with_levels(self, model, reuse=False):
-        export(self, model, reuse)
+    def export_with_levels(self, model, previous=None):
+        export(self, model, previous)
         self.level_parent_ = [np.full(3, -1), np.arange(self.n_parents) % 3]
 
     monkeypatch.setattr(cls, "_export_fitted", export_with_levels)

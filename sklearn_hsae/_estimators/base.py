@@ -10,6 +10,7 @@ the architecture. Only numpy and scipy cross the public boundary.
 
 from __future__ import annotations
 
+import itertools
 import os
 from numbers import Integral, Real
 from typing import NamedTuple
@@ -99,28 +100,58 @@ class BaseSparseAutoencoder(FittingMixin, ClassNamePrefixFeaturesOutMixin, Trans
         return resolve_device(self.device)
 
     # ----------------------------------------------------- fitted attributes
-    def _export_fitted(self, model, reuse: bool = False) -> None:
+    # Set by _export_fitted from the weights. After partial_fit they are published when
+    # first read (``__getattr__``): a streaming loop that never looks at the dictionary
+    # does not rebuild it every call (13 ms of a 300 ms routed 2048 x 16 step at B=4096).
+    _derived_attributes: tuple = ("components_", "components_by_level_", "parent_index_by_level_",
+                                  "intercept_by_level_", "intercept_")
+
+    def _export_fitted(self, model, previous: np.ndarray | None = None) -> None:
         """Publish the model's dictionary as numpy fitted attributes.
 
         ``components_`` holds every level's unit directions in the order of
-        ``transform``'s columns; ``components_by_level_`` are views of it.
+        ``transform``'s columns; ``components_by_level_`` are views of it. ``previous``
+        (partial_fit): the last ``components_``, updated in place when it still fits.
         """
         widths = self._config.widths
-        d = self.n_features_in_
-        previous = getattr(self, "components_", None)
-        if (reuse and previous is not None and previous.shape == (sum(widths), d)
+        starts = np.cumsum([0, *widths])
+
+        def by_level(components):
+            return [components[a:b] for a, b in itertools.pairwise(starts)]
+
+        if (previous is not None and previous.shape == (sum(widths), self.n_features_in_)
                 and previous.dtype == np.dtype(self.dtype)
                 and next(model.parameters()).device.type == "cpu"):
-            # partial_fit updates in place: a fresh 10-100 MB array costs page faults.
-            dictionary = model.dictionary(out=[torch.from_numpy(c) for c in self.components_by_level_])
+            # In place: a fresh 10-100 MB array costs page faults.
+            dictionary = model.dictionary(out=[torch.from_numpy(c) for c in by_level(previous)])
+            self.components_ = previous
         else:
             dictionary = model.dictionary()
             self.components_ = np.concatenate([c.cpu().numpy() for c in dictionary.components])
-        starts = np.cumsum([0, *widths])
-        self.components_by_level_ = [self.components_[a:b] for a, b in zip(starts[:-1], starts[1:])]
+        self.components_by_level_ = by_level(self.components_)
         self.parent_index_by_level_ = [p.cpu().numpy().copy() for p in dictionary.parent_index]
         self.intercept_by_level_ = [self._public_intercept(b.cpu().numpy()) for b in dictionary.intercepts]
         self.intercept_ = self.intercept_by_level_[-1]
+
+    def _defer_export(self, model) -> None:
+        """Forget the derived attributes; ``__getattr__`` exports ``model``'s when asked."""
+        previous = self.__dict__.pop("_export_pending", (None, None))[1]
+        for name in self._derived_attributes:
+            value = self.__dict__.pop(name, None)
+            previous = value if name == "components_" and value is not None else previous
+        self._export_pending = (model, previous)
+
+    def _publish_pending(self) -> None:
+        pending = self.__dict__.pop("_export_pending", None)
+        if pending is not None:
+            self._export_fitted(*pending)
+
+    def __getattr__(self, name):
+        # Called only when normal lookup fails: a derived attribute not yet published.
+        if name in type(self)._derived_attributes and "_export_pending" in self.__dict__:
+            self._publish_pending()
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _public_intercept(self, b_dec: np.ndarray) -> np.ndarray:
         """The decoder bias in input units (zero for per-row unit scaling)."""
@@ -337,6 +368,7 @@ class BaseSparseAutoencoder(FittingMixin, ClassNamePrefixFeaturesOutMixin, Trans
     # --------------------------------------------------------------- pickle
     def __getstate__(self):
         """Pickle numpy only: a model trained on CUDA loads on a CPU-only machine."""
+        self._publish_pending()  # the pickle holds the arrays, not the live model
         state = dict(super().__getstate__())  # object.__getstate__ may return __dict__ itself
         if "_trainer" in state:
             state["_model_state_cache"] = self._model_state

@@ -223,7 +223,8 @@ class FittingMixin:
     def _finish(self, trainer: Trainer, n_iter: int, loss_curve: list, l0, reuse: bool = False) -> None:
         """Keep the live trainer and publish numpy copies of the fitted state.
 
-        ``reuse`` (partial_fit) lets large derived arrays be updated in place.
+        ``reuse`` (partial_fit): the derived arrays are exported when first read, into
+        the previous ones where they fit.
         """
         self._trainer = trainer
         self.__dict__.pop("_trainer_state", None)
@@ -233,5 +234,9 @@ class FittingMixin:
         if l0 is not None:  # None: interrupted before the first epoch ended
             self.l0_ = [float(v) for v in l0]
         self.__dict__.pop("_model_state_cache", None)  # copied from the trainer when needed
-        self._export_fitted(trainer.model, reuse)
+        if reuse:
+            self._defer_export(trainer.model)  # exported when first read
+        else:
+            self.__dict__.pop("_export_pending", None)
+            self._export_fitted(trainer.model)
 

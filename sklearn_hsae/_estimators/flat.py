@@ -173,8 +173,10 @@ class SparseAutoencoder(BaseSparseAutoencoder):
         """Matryoshka widths as increasing ints ending with ``n_components`` (or empty)."""
         return matryoshka_widths(self.matryoshka_prefixes, self.n_components)
 
-    def _export_fitted(self, model, reuse: bool = False) -> None:
-        super()._export_fitted(model, reuse)
+    _derived_attributes = (*BaseSparseAutoencoder._derived_attributes, "threshold_")
+
+    def _export_fitted(self, model, previous=None) -> None:
+        super()._export_fitted(model, previous)
         self.threshold_ = float(model.threshold)
 
     def _codes(self, levels: list) -> SparseCodes:

@@ -17,12 +17,10 @@ from .._config import NestedConfig, RoutedConfig, TreeConfig
 from .._models import NestedSAE, RoutedSAE, TreeSAE
 from .base import BaseSparseAutoencoder
 
-ARCHITECTURES = {
-    "routed": (RoutedConfig, RoutedSAE),
-    "tree": (TreeConfig, TreeSAE),
-    "nested": (NestedConfig, NestedSAE),
-}
+ARCHITECTURES = {"routed": (RoutedConfig, RoutedSAE), "tree": (TreeConfig, TreeSAE),
+                 "nested": (NestedConfig, NestedSAE)}
 """``architecture`` -> (config class, model class)."""
+_OWN_DERIVED = ("parent_components_", "child_components_", "child_parent_")
 
 
 class HierarchicalCodes(NamedTuple):
@@ -353,8 +351,10 @@ class HierarchicalSparseAutoencoder(BaseSparseAutoencoder):
     def _architecture(self):
         return ARCHITECTURES[self.architecture]
 
-    def _export_fitted(self, model, reuse: bool = False) -> None:
-        super()._export_fitted(model, reuse)
+    _derived_attributes = (*BaseSparseAutoencoder._derived_attributes, *_OWN_DERIVED)
+
+    def _export_fitted(self, model, previous=None) -> None:
+        super()._export_fitted(model, previous)
         self.parent_components_, self.child_components_ = self.components_by_level_[:2]
         self.child_parent_ = self.parent_index_by_level_[1]
 
