@@ -211,23 +211,35 @@ def remove_parallel_grad_(weight: Tensor) -> None:
     weight.grad.sub_(parallel * weight)
 
 
+def squared_error(x: Tensor, x_hat: Tensor) -> Tensor:
+    """``||x - x_hat||^2`` summed over the batch (a scalar, differentiable in x_hat).
+
+    One fused op each way (``mse_loss``): its forward writes one (B, d) tensor and its
+    backward one, where ``(x - x_hat).pow(2).sum()`` and its backward run seven (B, d)
+    ops (sub, pow, sum; pow, mul, mul, neg). Measured for the routed loss's two terms at
+    B = 4096, d = 576, 2 threads, medians of 15: 10.9 vs 31.6 ms forward and backward.
+    """
+    return F.mse_loss(x_hat, x, reduction="sum")
+
+
 def auxk_loss(
-    residual: Tensor, enc: Encoded, dead: Tensor, k_aux: int, decoder: Tensor,
-    allowed: Tensor | None = None, use_native: bool = False,
+    x: Tensor, x_hat: Tensor, sq_error: Tensor, enc: Encoded, dead: Tensor, k_aux: int,
+    decoder: Tensor, allowed: Tensor | None = None, use_native: bool = False,
 ) -> Tensor:
     """AuxK (Gao et al. 2024, Sec. A.2): dead latents try to explain the residual.
 
-    residual: (B, d) the main reconstruction's error, detached by the caller;
-    enc: the encoder's pre-activations; dead: (m,) bool; decoder: (m, d); allowed:
-    optional (B, m) bool, where each latent may fire at all (Tree SAE: its parent is
-    active, paper 3 Eq. 8); elsewhere a dead latent is never picked; use_native: the
-    decoder through ``kernels.c``.
+    x, x_hat: (B, d) the input and the main reconstruction, whose residual ``x - x_hat``
+    (detached, built only when a latent is dead) and ``sq_error`` = its squared norm
+    the term uses; enc: the encoder's pre-activations; dead: (m,) bool; decoder: (m, d);
+    allowed: optional (B, m) bool, where each latent may fire at all (Tree SAE: its
+    parent is active, paper 3 Eq. 8); elsewhere a dead latent is never picked;
+    use_native: the decoder through ``kernels.c``.
     Normalised by ``||residual||^2`` so the term is scale-free, and damped by
     ``min(n_dead / k_aux, 1)`` as in sparsify so a few dead latents do not dominate.
     """
     n_dead = int(dead.sum())
     if n_dead == 0 or k_aux == 0:
-        return residual.new_zeros(())
+        return x.new_zeros(())
     k_eff = min(k_aux, n_dead)
     # Top-k over the dead columns only: masking all m columns cost 2.7 s of a 6.6 s step
     # at m = 34816 with 11 % of the latents dead (B = 4096, 2 CPU threads).
@@ -242,9 +254,9 @@ def auxk_loss(
     if allowed is not None:  # rows with fewer than k_eff allowed latents pick some others
         values = values * allowed.gather(1, local)  # (B, k_eff)
     recon = sparse_decode(values, indices, decoder, use_native)  # (B, d)
-    denom = residual.pow(2).sum().clamp_min(torch.finfo(residual.dtype).tiny)
+    denom = sq_error.detach().clamp_min(torch.finfo(x.dtype).tiny)
     scale = min(n_dead / k_aux, 1.0)
-    return scale * (residual - recon).pow(2).sum() / denom
+    return scale * squared_error(x - x_hat.detach(), recon) / denom
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .common import (
     Codes, Dictionary, LossOutput, SAEBase, auxk_loss, level_l0, native_sparse, normalize_rows_,
-    pre_activations, remove_parallel_grad_, sparse_decode, tied_init_, topk_select,
+    pre_activations, remove_parallel_grad_, sparse_decode, squared_error, tied_init_, topk_select,
     update_dead_counter_,
 )
 from .workspace import Workspace
@@ -100,8 +100,7 @@ class FlatSAE(SAEBase):
         use_native = native_sparse(self.compile_mode, x)
         enc, values, indices = self._encode(x, use_native)
         x_hat = sparse_decode(values, indices, self.W_dec, use_native) + self.b_dec
-        err = x - x_hat
-        sq_error = err.pow(2).sum()
+        sq_error = squared_error(x, x_hat)
         norm = x.shape[0] * self.loss_scale
         recon = sq_error / norm
         terms = {"recon": recon}
@@ -109,13 +108,13 @@ class FlatSAE(SAEBase):
         for width in cfg.prefixes[:-1]:  # Matryoshka: every shorter prefix on its own
             inside = values * (indices < width)
             part = sparse_decode(inside, indices, self.W_dec, use_native) + self.b_dec
-            prefix_loss = (x - part).pow(2).sum() / norm
+            prefix_loss = squared_error(x, part) / norm
             terms[f"prefix{width}"] = prefix_loss
             total = total + prefix_loss
         update_dead_counter_(self.tokens_since_fired, indices, values)
         if cfg.aux_coef > 0:
             dead = self.tokens_since_fired > cfg.dead_tokens
-            aux = auxk_loss(err.detach(), enc, dead, cfg.aux_k, self.W_dec, use_native=use_native)
+            aux = auxk_loss(x, x_hat, sq_error, enc, dead, cfg.aux_k, self.W_dec, use_native=use_native)
             total = total + cfg.aux_coef * aux
             terms["auxk"] = aux
         return LossOutput(total, sq_error.detach(), level_l0([values]),

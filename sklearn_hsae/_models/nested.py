@@ -59,6 +59,7 @@ from .common import (
     Encoded,
     LossOutput,
     auxk_loss,
+    squared_error,
     SAEBase,
     level_l0,
     native_sparse,
@@ -258,14 +259,13 @@ class NestedSAE(SAEBase):
         total, terms = x.new_zeros(()), {}
         for li, (level, (enc, v, i, allowed), x_hat) in enumerate(
                 zip(self.levels, encoded, self._prefixes(encoded, use_native))):
-            err = x - x_hat
-            sq_error = err.pow(2).sum()
+            sq_error = squared_error(x, x_hat)
             terms[f"recon{li}"] = sq_error / norm  # Eq. 7: every prefix reconstructs x
             total = total + terms[f"recon{li}"]
             update_dead_counter_(level.tokens_since_fired, i, v)
             if cfg.aux_coef > 0:  # Eq. 8: dead features where their parent fires
                 dead = level.tokens_since_fired > cfg.dead_tokens
-                aux = auxk_loss(err.detach(), enc, dead, cfg.aux_k[li], level.W_dec, allowed,
+                aux = auxk_loss(x, x_hat, sq_error, enc, dead, cfg.aux_k[li], level.W_dec, allowed,
                                 use_native)
                 total = total + cfg.aux_coef * aux
                 terms[f"auxk{li}"] = aux

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from .common import (
     Codes, Dictionary, Encoded, LossOutput, SAEBase, auxk_loss, bi_orthogonality,
     level_l0, native_sparse, normalize_rows_, pre_activations, remove_parallel_grad_,
-    sparse_decode, spread_unit_vectors, topk_select, update_dead_counter_,
+    sparse_decode, spread_unit_vectors, squared_error, topk_select, update_dead_counter_,
 )
 from .fused import kernels_for
 from .grouped import make_route, routed_down, routed_up, select_children
@@ -186,17 +186,16 @@ class RoutedSAE(SAEBase):
         inner = self._forward(x)
         codes = inner.codes
         B = x.shape[0]
-        err = x - codes.x_hat
-        sq_error = err.pow(2).sum()
+        sq_error = squared_error(x, codes.x_hat)
         recon = sq_error / (B * self.loss_scale)
-        parents_only = (x - codes.x_hat_parents).pow(2).sum() / (B * self.loss_scale)
+        parents_only = squared_error(x, codes.x_hat_parents) / (B * self.loss_scale)
         total = recon + cfg.beta * parents_only
         terms = {"recon": recon, "parents_only": parents_only}
 
         update_dead_counter_(self.tokens_since_fired, codes.parent_indices, codes.parent_values)
         if cfg.aux_coef > 0:
             dead = self.tokens_since_fired > cfg.dead_tokens
-            aux = auxk_loss(err.detach(), inner.enc, dead, cfg.aux_k, self.W_dec,
+            aux = auxk_loss(x, codes.x_hat, sq_error, inner.enc, dead, cfg.aux_k, self.W_dec,
                             use_native=inner.use_native)
             total = total + cfg.aux_coef * aux
             terms["auxk"] = aux

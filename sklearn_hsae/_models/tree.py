@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from .common import (
     Codes, Dictionary, LossOutput, auxk_loss, geometric_median, level_l0, native_sparse,
-    normalize_rows_, pre_activations, remove_parallel_grad_, sparse_decode, tied_init_, topk_select,
-    update_dead_counter_,
+    normalize_rows_, pre_activations, remove_parallel_grad_, sparse_decode, squared_error,
+    tied_init_, topk_select, update_dead_counter_,
 )
 from .jumprelu import count_active, jump_relu
 from .workspace import Workspace
@@ -217,8 +217,7 @@ class TreeSAE(nn.Module):
         terms = {}
         for li, (level, (enc, v, i, counts)) in enumerate(zip(self.levels, encoded)):
             x_hat = sparse_decode(v, i, level.W_dec, use_native) + level.b_dec
-            err = x - x_hat
-            sq_error = err.pow(2).sum()
+            sq_error = squared_error(x, x_hat)
             swap = self._perturbation(li)
             if swap is not None:  # parent outputs replaced by their children's sum
                 below = self.levels[li + 1]
@@ -227,7 +226,7 @@ class TreeSAE(nn.Module):
                 moved = (pc >= 0) & swap[pc.clamp_min(0)]
                 x_pert = (sparse_decode(v * ~swap[i], i, level.W_dec, use_native)
                           + sparse_decode(vc * moved, ic, below.W_dec, use_native) + level.b_dec)
-                recon = (x - x_pert).pow(2).sum() / norm
+                recon = squared_error(x, x_pert) / norm
             else:
                 recon = sq_error / norm
             total = total + recon
@@ -235,7 +234,7 @@ class TreeSAE(nn.Module):
             update_dead_counter_(level.tokens_since_fired, i, v)
             if cfg.aux_coef > 0:
                 dead = level.tokens_since_fired > cfg.dead_tokens
-                aux = auxk_loss(err.detach(), enc, dead, cfg.aux_k, level.W_dec, use_native=use_native)
+                aux = auxk_loss(x, x_hat, sq_error, enc, dead, cfg.aux_k, level.W_dec, use_native=use_native)
                 total = total + cfg.aux_coef * aux
                 terms[f"auxk{li}"] = aux
             if counts is not None:
