@@ -81,6 +81,24 @@ def test_forward_matches_dense_reference():
                 assert codes.child_values[b, j] == 0
 
 
+@pytest.mark.parametrize("compile_mode", [False, "auto"])  # eager; native where built
+def test_loss_counts_the_active_children_of_the_codes(compile_mode):
+    """The loss reads its child L0 off the tile slots, skipping the (B, k) child codes:
+    the same count as the codes give, with inactive parent slots in the batch."""
+    from sklearn_hsae._models.common import level_l0
+
+    model, x = make_model(n_parents=6, k=4)
+    model.compile_mode = compile_mode
+    x = torch.cat([x] * 5)
+    with torch.no_grad():  # an active parent none of whose children fires
+        model.E_child[int(model._forward(x).codes.parent_indices[0, 0])] = 0
+    codes = model._forward(x).codes
+    assert (codes.parent_values == 0).any() and (codes.child_values[codes.parent_values > 0] == 0).any()
+    expected = level_l0([codes.parent_values, codes.child_values])
+    assert model._forward(x, slots=False).codes.child_values is None
+    torch.testing.assert_close(model.loss(x).l0, expected, rtol=0, atol=0)
+
+
 def test_encoding_without_autograd_walks_tiles_in_chunks(monkeypatch):
     """The no-grad path gathers a few tiles at a time and must give the same codes."""
     from sklearn_hsae._models import grouped
