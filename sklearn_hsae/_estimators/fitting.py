@@ -164,6 +164,8 @@ class FittingMixin:
         rate warms up over the first 100 steps and then stays at ``learning_rate``. After
         ``sklearn_hsae.io.load``, whose files hold no optimizer state, the next call starts
         a fresh Adam optimizer (zero moments) that keeps counting steps from ``n_steps_``.
+        The attributes derived from the weights (``components_``, ``intercept_``, ...)
+        are rebuilt when first read after a call, into the arrays read before.
 
         Parameters
         ----------
