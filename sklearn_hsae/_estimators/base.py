@@ -135,10 +135,10 @@ class BaseSparseAutoencoder(FittingMixin, ClassNamePrefixFeaturesOutMixin, Trans
 
     def _defer_export(self, model) -> None:
         """Forget the derived attributes; ``__getattr__`` exports ``model``'s when asked."""
-        previous = self.__dict__.pop("_export_pending", (None, None))[1]
+        _, unread = self.__dict__.pop("_export_pending", (None, None))
+        previous = self.__dict__.get("components_", unread)  # the array to update in place
         for name in self._derived_attributes:
-            value = self.__dict__.pop(name, None)
-            previous = value if name == "components_" and value is not None else previous
+            self.__dict__.pop(name, None)
         self._export_pending = (model, previous)
 
     def _publish_pending(self) -> None:
