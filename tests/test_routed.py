@@ -337,6 +337,47 @@ def test_native_kernels_match_einsum(dtype, s, d, monkeypatch):
 
 
 @cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("C, s", [(3, 2), (8, 4), (20, 1), (16, 5)])  # C: under, at, over a vector
+def test_native_child_selection_is_a_first_largest_scan(dtype, C, s):
+    """child_forward's vector kernel gives each slot the child a sequential scan picks:
+    the first largest relu(E[p, c] . u), act 0 and child 0 when none is positive, zeros
+    on padding; v = act * D[p, child]."""
+    from sklearn_hsae._models import native
+
+    B, m = 40, 6
+    route, gen = _routing(B, m)
+    rows, expert = route.rows.view(route.tiling.pair.shape), route.tiling.expert
+    u = torch.randn(*rows.shape, s, generator=gen, dtype=dtype)
+    E = torch.randn(m, C, s, generator=gen, dtype=dtype)
+    E[:, 0] *= 10
+    E[:, C - 1] = E[:, 0]  # children 0 and C - 1 tie wherever 0 wins: the first must win
+    D = torch.randn(m, C, s, generator=gen, dtype=dtype)
+    t, i = (rows != B).nonzero()[1].tolist()
+    u[t, i] = E[expert[t], 0]  # a slot child 0 (and so C - 1) wins
+    u[0, 0] = -u[0, 0].abs()
+    E[expert[0]] = E[expert[0]].abs()  # slot (0, 0): every pre-activation negative
+    v, act, arg = native.child_forward(u, E, D, rows, expert, B)
+    # (n_tiles, T, C), elementwise in j order: tied children get bitwise-equal sums
+    pre = sum(E[expert][:, None, :, j] * u[:, :, None, j] for j in range(s))
+    want_act, want_arg = torch.zeros_like(act), torch.zeros_like(arg)
+    for t, i in np.ndindex(*rows.shape):  # the scan the kernel stands for
+        if rows[t, i] == B:
+            continue
+        for c in range(C):
+            if pre[t, i, c] > want_act[t, i]:
+                want_act[t, i], want_arg[t, i] = pre[t, i, c], c
+    assert rows[0, 0] != B and int(act[0, 0]) == 0 and int(arg[0, 0]) == 0
+    assert (arg == C - 1).sum() == 0 and ((want_arg == 0) & (want_act > 0)).any()
+    assert torch.equal(arg, want_arg)
+    torch.testing.assert_close(act, want_act, rtol=1e-6, atol=1e-6)
+    want_v = want_act[..., None] * D[expert[:, None], want_arg]
+    torch.testing.assert_close(v, want_v, rtol=1e-6, atol=1e-6)
+    assert torch.equal(v[rows == B], torch.zeros_like(v[rows == B]))
+
+
+
+@cc
 @pytest.mark.parametrize("B, m, k, cutoff", [(40, 6, 3, 0.2), (300, 16, 4, 0.5), (5, 4, 2, 2.0)])
 def test_native_route_is_the_torch_route(B, m, k, cutoff):
     """The counting sort of kernels.c lays the pairs out exactly as make_tiling's sorts,
@@ -380,8 +421,8 @@ def test_native_kernels_refuse_bad_indices_and_dtypes():
 
 @cc
 def test_native_kernels_run_in_a_forked_child():
-    """The thread pool does not survive fork; a child process must get a fresh one
-    instead of waiting forever on the parent's dead workers."""
+    """Threads do not survive fork; a child process must get fresh ones (OpenMP's team,
+    or the pool without OpenMP) instead of waiting forever on the parent's dead workers."""
     import multiprocessing
 
     from sklearn_hsae._models import native
@@ -393,8 +434,8 @@ def test_native_kernels_run_in_a_forked_child():
     previous = native._MIN_SPLIT
     native._MIN_SPLIT = 1  # split even this small call over the pool
     try:
-        native.pair_dot(x, W, rows, expert)  # the parent's pool now exists
-        assert native.LIBRARY.pool is not None or torch.get_num_threads() == 1
+        native.pair_dot(x, W, rows, expert)  # the parent's threads now exist
+        assert native.LIBRARY.openmp or native.LIBRARY.pool is not None or torch.get_num_threads() == 1
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(1) as pool:
             got = pool.apply_async(native.pair_dot, (x, W, rows, expert)).get(timeout=60)

@@ -5,7 +5,7 @@ Why not torch ops: each of the routed child path's row-reading contractions (see
 (n_tiles, T, d) copy of the rows first; inductor's kernels read the rows in place but
 re-read each one per output or pay per-element index arithmetic; ``embedding_bag``'s
 per-row sums read an expert's s x d block once per pair. The loops of ``kernels.c``
-read each row once into s accumulators (prefetching the next), sum rows per expert
+read each row once into s accumulators, sum rows per expert
 with the expert's block in L1, and also do the routing (a counting sort) and the child
 selection. Measured at B = 4096, k = 32, 2048 experts, d = 576, 2 threads, medians of
 7 calls: the down-projection 0.012 s (inductor 0.063-0.068 s, gather + ``bmm`` 0.28 s);
@@ -16,9 +16,11 @@ Building: the system C compiler (``$CC``, ``cc``, ``gcc`` or ``clang``), ~0.3 s,
 shared library cached under ``SKLEARN_HSAE_CACHE`` (default ``~/.cache/sklearn_hsae``),
 keyed by the source, the compiler, its flags and this CPU's feature flags (the library
 is built with ``-march=native`` for the CPU it runs on). ``available()`` is False when
-anything fails; the caller warns and stays eager. Parallelism: the calling thread plus
-a small thread pool run disjoint output ranges of one call (ctypes releases the GIL),
-as many as ``torch.get_num_threads()``.
+anything fails; the caller warns and stays eager. Parallelism: disjoint output ranges
+of one call, as many as ``torch.get_num_threads()``, run on the threads of torch's own
+OpenMP runtime where the compiler has OpenMP and the library's runtime is torch's
+(``-fopenmp`` links the libgomp torch loaded); otherwise, and in a forked child, on the
+calling thread plus a small thread pool (ctypes releases the GIL).
 """
 
 from __future__ import annotations
@@ -39,22 +41,28 @@ from torch import Tensor
 
 SOURCE = Path(__file__).with_name("kernels.c")
 _FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fPIC", "-shared", "-std=c99")
+# First choice: the ranges of a call on OpenMP threads (see RANGES in kernels.c); a
+# compiler without OpenMP gets the plain build and Python's thread pool.
+_OPENMP_FLAGS = ("-fopenmp", *_FLAGS)
 # Below this many multiply-adds a call runs on the calling thread alone: handing work to
 # the pool costs ~20-50 us, the whole call at this size about as much.
 _MIN_SPLIT = 2_000_000
 
 _P, _L = ctypes.c_void_p, ctypes.c_int64
+# Every kernel: its tensors, the range bounds and their count, then its sizes.
 _SIGNATURES = {
-    "pair_dot": [_P] * 5 + [_L] * 7,
-    "expert_outer": [_P] * 5 + [_L] * 7,
-    "dot_outer": [_P] * 7 + [_L] * 7,
-    "pair_sum": [_P] * 6 + [_L] * 7,
-    "child_fwd": [_P] * 8 + [_L] * 7,
-    "child_bwd": [_P] * 11 + [_L] * 7,
+    "pair_dot": [_P] * 6 + [_L] * 6,
+    "expert_outer": [_P] * 6 + [_L] * 6,
+    "dot_outer": [_P] * 8 + [_L] * 6,
+    "pair_sum": [_P] * 7 + [_L] * 6,
+    "child_fwd": [_P] * 9 + [_L] * 7,
+    "child_bwd": [_P] * 12 + [_L] * 6,
 }
 _ROUTING = {
     "route_count": ([_P, _P, _L, _L, _P], ctypes.c_int64),
     "route_fill": ([_P, _P] + [_L] * 4 + [_P] * 7, ctypes.c_int),
+    "kernels_openmp": ([], ctypes.c_int),
+    "kernels_max_threads": ([], ctypes.c_int),
 }
 
 
@@ -81,25 +89,54 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "sklearn_hsae"
 
 
-def _build(cc: str) -> Path:
-    """Compile kernels.c into the cache (atomically) unless an identical build is there."""
+def _build(cc: str, flags: tuple[str, ...] = _OPENMP_FLAGS) -> Path:
+    """Compile kernels.c into the cache (atomically) unless an identical build is there.
+    A failed build leaves a ``.failed`` mark, so later processes do not retry it."""
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(_FLAGS).encode(),
+    key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(flags).encode(),
                                      platform.machine().encode(), _cpu_flags().encode()]))
     target = cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
+    failed = target.with_suffix(".failed")
     if target.exists():
         return target
+    if failed.exists():
+        raise subprocess.CalledProcessError(1, cc, stderr=failed.read_text())
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *_FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True,
+        subprocess.run([cc, *flags, str(SOURCE), "-o", tmp], check=True, capture_output=True,
                        text=True, timeout=120)
         os.replace(tmp, target)  # another process may have won the race: same bytes
+    except subprocess.CalledProcessError as exc:
+        failed.write_text(str(exc.stderr)[:2000])
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def _load(cc: str):
+    """The OpenMP build where the compiler has OpenMP, else the plain one."""
+    try:
+        return ctypes.CDLL(str(_build(cc, _OPENMP_FLAGS)))
+    except (OSError, subprocess.CalledProcessError):
+        return ctypes.CDLL(str(_build(cc, _FLAGS)))
+
+
+def _shares_torch_openmp(lib) -> bool:
+    """Whether the library's OpenMP runtime is torch's own: a thread count set through
+    torch shows in the library (a second runtime would bring a second set of threads,
+    spinning where torch's want to run, so the library then keeps to its thread pool)."""
+    if not lib.kernels_openmp():
+        return False
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(previous + 3)
+        return lib.kernels_max_threads() == previous + 3
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _Library:
@@ -109,6 +146,8 @@ class _Library:
         self.lib = None
         self.error: str | None = None
         self.pool: ThreadPoolExecutor | None = None
+        self.openmp = False  # ranges on torch's OpenMP threads, else on self.pool
+        self.forked = False  # a forked child's OpenMP team is unusable (see below)
 
     def get(self):
         if self.lib is None and self.error is None:
@@ -116,13 +155,14 @@ class _Library:
                 cc = compiler()
                 if cc is None:
                     raise OSError("no C compiler (cc, gcc or clang) on PATH")
-                lib = ctypes.CDLL(str(_build(cc)))
+                lib = _load(cc)
                 for name, args in _SIGNATURES.items():
                     for suffix in ("f32", "f64"):
                         fn = getattr(lib, f"{name}_{suffix}")
                         fn.argtypes, fn.restype = args, ctypes.c_int
                 for name, (args, restype) in _ROUTING.items():
                     getattr(lib, name).argtypes, getattr(lib, name).restype = args, restype
+                self.openmp = not self.forked and _shares_torch_openmp(lib)
                 self.lib = lib
             except (OSError, subprocess.SubprocessError) as exc:
                 detail = getattr(exc, "stderr", None) or str(exc)
@@ -130,21 +170,36 @@ class _Library:
         return self.lib
 
     def run(self, fn, pointers: tuple, ranges: list[tuple[int, int]], tail: tuple) -> None:
-        """Call fn(*pointers, lo, hi, *tail) for every range, the first on this thread."""
-        if len(ranges) > 1:
+        """Run fn on the contiguous ranges: in one call on OpenMP threads, or one call per
+        range, the first on this thread and the others on the pool."""
+        bounds = (ctypes.c_int64 * (len(ranges) + 1))(ranges[0][0], *(hi for _, hi in ranges))
+        at = ctypes.addressof(bounds)
+        if self.openmp or len(ranges) == 1:
+            codes = [fn(*pointers, at, len(ranges), *tail)]
+        else:
             if self.pool is None or self.pool._max_workers < len(ranges) - 1:
                 self.pool = ThreadPoolExecutor(max(len(ranges) - 1, os.cpu_count() or 1))
-            futures = [self.pool.submit(fn, *pointers, lo, hi, *tail) for lo, hi in ranges[1:]]
-        else:
-            futures = []
-        codes = [fn(*pointers, *ranges[0], *tail)] + [f.result() for f in futures]
+            size = ctypes.sizeof(ctypes.c_int64)
+            futures = [self.pool.submit(fn, *pointers, at + i * size, 1, *tail)
+                       for i in range(1, len(ranges))]
+            codes = [fn(*pointers, at, 1, *tail)] + [f.result() for f in futures]
         if any(codes):
             raise IndexError("routed kernel: an index of the routing is out of range")
 
 
 LIBRARY = _Library()
-# A forked child inherits the pool object but none of its threads: start a fresh one.
-os.register_at_fork(after_in_child=lambda: setattr(LIBRARY, "pool", None))
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits the pool object and OpenMP's team but none of their
+    threads (libgomp then waits forever on the parent's, in torch's own ops too): the
+    child starts a fresh pool and keeps to it."""
+    LIBRARY.pool = None
+    LIBRARY.openmp = False
+    LIBRARY.forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def available() -> bool:
@@ -297,14 +352,19 @@ def child_forward(u: Tensor, E: Tensor, D: Tensor, rows: Tensor, expert: Tensor,
     ``child_fwd`` in kernels.c."""
     n_tiles, T, s = u.shape
     m, C, _ = E.shape
-    u, E, D, rows, expert = (t.contiguous() for t in (u, E, D, rows, expert))
-    v, act = torch.empty_like(u), u.new_empty(n_tiles, T)
-    arg = torch.empty(n_tiles, T, dtype=torch.long)
     fn = getattr(LIBRARY.get(), f"child_fwd_{_suffix(u, E)}")
     _suffix(u, D)
+    lanes = 32 // u.element_size()
+    padded = -(-C // lanes) * lanes
+    Et = E.new_zeros(m, s, padded)  # transposed, zeros past C: the kernel's vector layout
+    Et[:, :, :C] = E.transpose(1, 2)
+    u, D, rows, expert = (t.contiguous() for t in (u, D, rows, expert))
+    v, act = torch.empty_like(u), u.new_empty(n_tiles, T)
+    arg = torch.empty(n_tiles, T, dtype=torch.long)
     ranges = _even(n_tiles, _parts(rows.numel() * C * s, n_tiles))
-    LIBRARY.run(fn, (u.data_ptr(), E.data_ptr(), D.data_ptr(), expert.data_ptr(), rows.data_ptr(),
-                     v.data_ptr(), act.data_ptr(), arg.data_ptr()), ranges, (T, s, C, n_rows, m))
+    LIBRARY.run(fn, (u.data_ptr(), Et.data_ptr(), D.data_ptr(), expert.data_ptr(), rows.data_ptr(),
+                     v.data_ptr(), act.data_ptr(), arg.data_ptr()), ranges,
+                (T, s, C, padded, n_rows, m))
     return v, act, arg
 
 
