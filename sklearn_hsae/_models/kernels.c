@@ -376,14 +376,20 @@ static int NAME##_range(const REAL* g, const REAL* table, const REAL* W,        
 
 /* pair_sum: out[b, c] = base[b, c] (0 when base is NULL) plus the sum over the pairs
  * (t, i) with rows[t, i] == b, by ascending expert, of sum_j v[t, i, j] *
- * W[expert[t], j, c]; output rows [b0, b1). Rows rise
- * within each expert's run of slots (pairs are sorted by expert, stably), so a binary
- * search finds the part of every run that lands in [b0, b1); each expert's s x d block
- * is read once per call instead of once per pair. */
-#define PAIR_SUM(NAME, REAL)                                                              \
+ * W[expert[t], j, c]; output rows [b0, b1). Rows rise within each expert's run of
+ * slots (pairs are sorted by expert, stably), so a binary search finds the part of every
+ * run that lands in [b0, b1); each expert's s x d block is read once per call instead of
+ * once per pair, and once per three rows from L1: three output rows and four subspace
+ * rows at a time, the twelve weights in registers (7 loads per 12 multiply-adds; the
+ * two-row loop before made 6 per 8 and summed each row's four terms as a tree). One
+ * thread, k = 32, s = 4, d = 576, medians of 11 interleaved calls: 4.30 vs 5.96 ms at
+ * B = 1024 and 256 experts, 4.55 vs 6.15 with 512, 23.4 vs 29.3 at B = 4096 and 2048. */
+#define PAIR_SUM(NAME, SUF, REAL)                                                         \
 static int NAME##_range(const REAL* v, const REAL* W, const int64_t* rows,                \
          const int64_t* start, const REAL* base, REAL* out, int64_t b0, int64_t b1,       \
          int64_t T, int64_t s, int64_t d, int64_t R, int64_t m) {                         \
+    typedef v##SUF vec;                                                                   \
+    const int64_t L = LANES(REAL);                                                        \
     if (base) memcpy(out + b0 * d, base + b0 * d, sizeof(REAL) * (b1 - b0) * d);          \
     else memset(out + b0 * d, 0, sizeof(REAL) * (b1 - b0) * d);                           \
     for (int64_t p = 0; p < m; ++p) {                                                     \
@@ -396,57 +402,56 @@ static int NAME##_range(const REAL* v, const REAL* W, const int64_t* rows,      
         const REAL* w = W + p * s * d;                                                    \
         int64_t end = start[p + 1] * T;                                                   \
         for (int64_t q = lo; q < end;) {                                                  \
-            int64_t r = rows[q];                                                          \
-            if (r >= b1) break;                                                           \
-            if (r < 0 || r > R) return 1;                                                 \
-            /* the next slot joins when its row is in range too: each load of the         \
-             * expert's block serves two rows (an expert holds a row at most once) */     \
-            int64_t r2 = q + 1 < end ? rows[q + 1] : R;                                   \
-            if (r2 < 0 || r2 > R) return 1;                                               \
-            int two = r2 < b1;                                                            \
-            int64_t nxt = q + 1 + two;                                                    \
-            for (int64_t a = nxt; a < nxt + 2 && a < end && rows[a] < b1; ++a)            \
-                if (rows[a] >= 0) PREFETCH(out + rows[a] * d, d * sizeof(REAL));          \
-            REAL* o = out + r * d;                                                        \
-            const REAL* vv = v + q * s;                                                   \
+            /* up to three consecutive slots holding rows in [b0, b1) (padding, row R,    \
+             * comes last in a run and ends it, as R >= b1) */                            \
+            int n = 0;                                                                    \
+            REAL* o[3];                                                                   \
+            const REAL* vq[3];                                                            \
+            for (; n < 3 && q < end; ++q) {                                               \
+                if (rows[q] < 0 || rows[q] > R) return 1;                                 \
+                if (rows[q] >= b1) break;                                                 \
+                o[n] = out + rows[q] * d;                                                 \
+                vq[n++] = v + q * s;                                                      \
+            }                                                                             \
+            if (n == 0) break;                                                            \
             int64_t j = 0;                                                                \
-            if (two) {                                                                    \
-                REAL* o2 = out + r2 * d;                                                  \
-                const REAL* vw = vv + s;                                                  \
-                for (; j + 4 <= s; j += 4) {                                              \
-                    REAL v0 = vv[j], v1 = vv[j + 1], v2 = vv[j + 2], v3 = vv[j + 3];      \
-                    REAL u0 = vw[j], u1 = vw[j + 1], u2 = vw[j + 2], u3 = vw[j + 3];      \
-                    const REAL *w0 = w + j * d, *w1 = w0 + d, *w2 = w1 + d, *w3 = w2 + d; \
-                    _Pragma("omp simd")                                                   \
-                    for (int64_t c = 0; c < d; ++c) {                                     \
-                        REAL e0 = w0[c], e1 = w1[c], e2 = w2[c], e3 = w3[c];              \
-                        o[c] += (v0 * e0 + v1 * e1) + (v2 * e2 + v3 * e3);                \
-                        o2[c] += (u0 * e0 + u1 * e1) + (u2 * e2 + u3 * e3);               \
-                    }                                                                     \
-                }                                                                         \
-                for (; j < s; ++j) {                                                      \
-                    REAL vj = vv[j], uj = vw[j];                                          \
-                    const REAL* wj = w + j * d;                                           \
-                    _Pragma("omp simd")                                                   \
-                    for (int64_t c = 0; c < d; ++c) { o[c] += vj * wj[c]; o2[c] += uj * wj[c]; } \
-                }                                                                         \
-                q = nxt;                                                                  \
-                continue;                                                                 \
-            }                                                                             \
-            for (; j + 4 <= s; j += 4) {                                                  \
-                REAL v0 = vv[j], v1 = vv[j + 1], v2 = vv[j + 2], v3 = vv[j + 3];          \
+            for (; n == 3 && j + 4 <= s; j += 4) {                                        \
                 const REAL *w0 = w + j * d, *w1 = w0 + d, *w2 = w1 + d, *w3 = w2 + d;     \
-                _Pragma("omp simd")                                                       \
-                for (int64_t c = 0; c < d; ++c)                                           \
-                    o[c] += (v0 * w0[c] + v1 * w1[c]) + (v2 * w2[c] + v3 * w3[c]);        \
+                const REAL *x = vq[0] + j, *y = vq[1] + j, *z = vq[2] + j;                \
+                REAL x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3];                          \
+                REAL y0 = y[0], y1 = y[1], y2 = y[2], y3 = y[3];                          \
+                REAL z0 = z[0], z1 = z[1], z2 = z[2], z3 = z[3];                          \
+                REAL *ox = o[0], *oy = o[1], *oz = o[2];                                  \
+                int64_t c = 0;                                                            \
+                for (; c + L <= d; c += L) {                                              \
+                    vec a = *(vec*)(ox + c), b = *(vec*)(oy + c), e = *(vec*)(oz + c);    \
+                    vec u = *(const vec*)(w0 + c);                                        \
+                    PIN(u);                                                               \
+                    a += x0 * u; b += y0 * u; e += z0 * u;                                \
+                    u = *(const vec*)(w1 + c);                                            \
+                    PIN(u);                                                               \
+                    a += x1 * u; b += y1 * u; e += z1 * u;                                \
+                    u = *(const vec*)(w2 + c);                                            \
+                    PIN(u);                                                               \
+                    a += x2 * u; b += y2 * u; e += z2 * u;                                \
+                    u = *(const vec*)(w3 + c);                                            \
+                    PIN(u);                                                               \
+                    a += x3 * u; b += y3 * u; e += z3 * u;                                \
+                    *(vec*)(ox + c) = a; *(vec*)(oy + c) = b; *(vec*)(oz + c) = e;        \
+                }                                                                         \
+                for (; c < d; ++c) {                                                      \
+                    ox[c] = (((ox[c] + x0 * w0[c]) + x1 * w1[c]) + x2 * w2[c]) + x3 * w3[c];\
+                    oy[c] = (((oy[c] + y0 * w0[c]) + y1 * w1[c]) + y2 * w2[c]) + y3 * w3[c];\
+                    oz[c] = (((oz[c] + z0 * w0[c]) + z1 * w1[c]) + z2 * w2[c]) + z3 * w3[c];\
+                }                                                                         \
             }                                                                             \
-            for (; j < s; ++j) {                                                          \
-                REAL vj = vv[j];                                                          \
-                const REAL* wj = w + j * d;                                               \
-                _Pragma("omp simd")                                                       \
-                for (int64_t c = 0; c < d; ++c) o[c] += vj * wj[c];                       \
-            }                                                                             \
-            q = nxt;                                                                      \
+            for (int i = 0; i < n; ++i) /* fewer rows, or the last s % 4 subspace rows */ \
+                for (int64_t jj = n == 3 ? j : 0; jj < s; ++jj) {                         \
+                    REAL vj = vq[i][jj];                                                  \
+                    const REAL* wj = w + jj * d;                                          \
+                    _Pragma("omp simd")                                                   \
+                    for (int64_t c = 0; c < d; ++c) o[i][c] += vj * wj[c];                \
+                }                                                                         \
         }                                                                                 \
     }                                                                                     \
     return 0;                                                                             \
@@ -551,8 +556,8 @@ EXPERT_OUTER(expert_outer_f32, f32, float)
 EXPERT_OUTER(expert_outer_f64, f64, double)
 DOT_OUTER(dot_outer_f32, f32, float)
 DOT_OUTER(dot_outer_f64, f64, double)
-PAIR_SUM(pair_sum_f32, float)
-PAIR_SUM(pair_sum_f64, double)
+PAIR_SUM(pair_sum_f32, f32, float)
+PAIR_SUM(pair_sum_f64, f64, double)
 CHILD_FWD(child_fwd_f32, f32, float, vi32, int32_t, hmin_i32)
 CHILD_FWD(child_fwd_f64, f64, double, vi64, int64_t, hmin_i64)
 CHILD_BWD(child_bwd_f32, float)
