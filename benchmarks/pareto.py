@@ -181,7 +181,8 @@ def markdown(report: dict) -> str:
     rows = report["rows"]
     lines = ["# Efficiency front on SmolLM2 layer 15 (`python -m benchmarks.pareto`)", "",
              f"{report['machine']['date']}, {report['machine']['cpu_cores']} cores, "
-             f"{report['machine']['threads']} threads; {report['n_train_tokens']:,} training tokens, "
+             f"{report['machine']['threads']} threads, OMP_WAIT_POLICY "
+             f"{report['machine'].get('omp_wait_policy') or 'unset'}; {report['n_train_tokens']:,} training tokens, "
              f"{report['n_test_tokens']:,} held-out tokens, {report['max_iter']} epochs of batch 1024, "
              f"{report['repeats']} timed fits per contender, in interleaved rounds. See the module docstring.", "",
              *([report["note"], ""] if report.get("note") else []),
