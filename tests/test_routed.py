@@ -321,19 +321,21 @@ def test_native_kernels_match_einsum(dtype, s, d, monkeypatch):
                                base + row_sum, **tol)
     with pytest.raises(ValueError, match=r"base must have shape \(40, %d\)" % d):
         native.pair_sum(v, W, rows, route.tiling.start, B, base=base[1:])
-    # Work split over threads: every element is summed by one call in a fixed order, so
-    # one thread and many give the same bits.
+    # Work split over threads: every element is summed by one range in a fixed order, so
+    # one thread and many give the same bits, on OpenMP's threads and on the pool.
     monkeypatch.setattr(native, "_MIN_SPLIT", 1)
     previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(3)
-        split = {"dot": native.pair_dot(x, W, rows, expert),
-                 "outer": native.expert_outer(g, x, rows, route.tiling.start),
-                 "row_sum": native.pair_sum(v, W, rows, route.tiling.start, B)}
-    finally:
-        torch.set_num_threads(previous)
-    for name, value in split.items():
-        assert torch.equal(value, got[name]), name
+    for openmp in {native.LIBRARY.openmp, False}:
+        monkeypatch.setattr(native.LIBRARY, "openmp", openmp)
+        try:
+            torch.set_num_threads(3)
+            split = {"dot": native.pair_dot(x, W, rows, expert),
+                     "outer": native.expert_outer(g, x, rows, route.tiling.start),
+                     "row_sum": native.pair_sum(v, W, rows, route.tiling.start, B)}
+        finally:
+            torch.set_num_threads(previous)
+        for name, value in split.items():
+            assert torch.equal(value, got[name]), (name, openmp)
 
 
 @cc
@@ -398,7 +400,7 @@ def test_native_route_is_the_torch_route(B, m, k, cutoff):
 
 
 @cc
-def test_native_kernels_refuse_bad_indices_and_dtypes():
+def test_native_kernels_refuse_bad_indices_and_dtypes(monkeypatch):
     from sklearn_hsae._models import native
 
     route, gen = _routing()
@@ -406,6 +408,19 @@ def test_native_kernels_refuse_bad_indices_and_dtypes():
     x, W = torch.randn(40, 5, dtype=torch.float64), torch.randn(6, 3, 5, dtype=torch.float64)
     with pytest.raises(IndexError, match="out of range"):
         native.pair_dot(x, W, rows, expert.clone().fill_(6))
+    bad_last = expert.clone()
+    bad_last[-1] = 6  # only the last range meets it: its code must reach the caller
+    monkeypatch.setattr(native, "_MIN_SPLIT", 1)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for openmp in {native.LIBRARY.openmp, False}:
+            monkeypatch.setattr(native.LIBRARY, "openmp", openmp)
+            with pytest.raises(IndexError, match="out of range"):
+                native.pair_dot(x, W, rows, bad_last)
+    finally:
+        torch.set_num_threads(previous)
+    monkeypatch.undo()
     bad_rows = rows.clone()
     bad_rows[0, 0] = 41  # one past the padding row
     with pytest.raises(IndexError, match="out of range"):

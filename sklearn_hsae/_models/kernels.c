@@ -480,7 +480,8 @@ static int NAME##_range(const REAL* u, const REAL* Et, const REAL* D,           
                 vec top = {0};                                                            \
                 for (int64_t c = 0; c < Cp; c += L) {                                     \
                     vec a = {0};                                                          \
-                    for (int64_t j = 0; j < s; ++j) a += *(const vec*)(e + j * Cp + c) * uu[j];\
+                    for (int64_t j = 0; j < s; ++j)                                       \
+                        a += *(const vec*)(e + j * Cp + c) * uu[j];                       \
                     *(vec*)(pre + c) = a;                                                 \
                     top = BLEND(vec, IVEC, a > top, a, top);                              \
                 }                                                                         \
@@ -488,7 +489,8 @@ static int NAME##_range(const REAL* u, const REAL* Et, const REAL* D,           
                 if (best > 0) { /* the first child whose pre-activation is the largest */ \
                     IVEC first = iota + (IREAL)Cp, big = first;                           \
                     for (int64_t c = 0; c < Cp; c += L) {                                 \
-                        IVEC cand = BLEND(IVEC, IVEC, *(const vec*)(pre + c) == best, iota + (IREAL)c, big);\
+                        IVEC hit = *(const vec*)(pre + c) == best;                        \
+                        IVEC cand = BLEND(IVEC, IVEC, hit, iota + (IREAL)c, big);         \
                         first = BLEND(IVEC, IVEC, cand < first, cand, first);             \
                     }                                                                     \
                     c_best = HMIN(first);                                                 \
