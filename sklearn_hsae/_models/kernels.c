@@ -40,12 +40,7 @@ typedef double vf64 __attribute__((vector_size(32), aligned(sizeof(double))));
 #define PIN(v) ((void)0)
 #endif
 
-/* The lane sums of four vectors, out[i] = sum of a_i's lanes, by pairwise shuffles (a
- * scalar loop over the lanes compiled to ~100 extracts and spills per call of dot_rows).
- * DOT_ROWS after these sums and without its software prefetch (which cost a load slot
- * per line: 108 per three rows), one thread, B = 1024, k = 32, 256 experts, s = 4,
- * d = 576, medians of 11 interleaved calls: pair_dot 3.10 vs 4.32 ms; at B = 4096 and
- * 2048 experts 16.9 vs 21.8 ms. */
+/* Lane shuffles of two vectors by constant indices (clang and gcc spell them apart). */
 #if defined(__clang__)
 #define SHUFFLE(MASK_T, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
@@ -54,6 +49,12 @@ typedef double vf64 __attribute__((vector_size(32), aligned(sizeof(double))));
 typedef int32_t vi32 __attribute__((vector_size(32)));
 typedef int64_t vi64 __attribute__((vector_size(32)));
 
+/* The lane sums of four vectors, out[i] = sum of a_i's lanes, by pairwise shuffles (a
+ * scalar loop over the lanes compiled to ~100 extracts and spills per call of dot_rows).
+ * DOT_ROWS after these sums and without its software prefetch (which cost a load slot
+ * per line: 108 per three rows), one thread, B = 1024, k = 32, 256 experts, s = 4,
+ * d = 576, medians of 11 interleaved calls: pair_dot 3.10 vs 4.32 ms; at B = 4096 and
+ * 2048 experts 16.9 vs 21.8 ms. */
 static inline void hsum4_f32(vf32 a0, vf32 a1, vf32 a2, vf32 a3, float* out) {
 #define EVEN_ODD(a, b) (SHUFFLE(vi32, a, b, 0, 8, 2, 10, 4, 12, 6, 14)                  \
                         + SHUFFLE(vi32, a, b, 1, 9, 3, 11, 5, 13, 7, 15))
@@ -71,8 +72,9 @@ static inline void hsum4_f64(vf64 a0, vf64 a1, vf64 a2, vf64 a3, double* out) {
     out[2] = s23[0] + s23[2]; out[3] = s23[1] + s23[3];
 }
 
-/* Lane-wise a > b ? a : b of two vectors (MAX2), the largest lane (HMAX; no NaN lanes),
- * and the smallest lane of an integer vector (HMIN), by halving shuffles. */
+/* BLEND: lane-wise take ? a : b (take an integer mask vector, -1 or 0 per lane, as a
+ * vector comparison gives); hmax: the largest lane (no NaN lanes); hmin: the smallest
+ * lane of an integer vector; both by halving shuffles. */
 #define BLEND(VEC, IVEC, take, a, b) ((VEC)(((IVEC)(a) & (take)) | ((IVEC)(b) & ~(take))))
 static inline float hmax_f32(vf32 a) {
     vf32 b = SHUFFLE(vi32, a, a, 4, 5, 6, 7, 0, 1, 2, 3);
@@ -431,9 +433,12 @@ static int NAME##_range(const REAL* v, const REAL* W, const int64_t* rows,      
                     *(vec*)(ox + c) = a; *(vec*)(oy + c) = b; *(vec*)(oz + c) = e;        \
                 }                                                                         \
                 for (; c < d; ++c) {                                                      \
-                    ox[c] = (((ox[c] + x0 * w0[c]) + x1 * w1[c]) + x2 * w2[c]) + x3 * w3[c];\
-                    oy[c] = (((oy[c] + y0 * w0[c]) + y1 * w1[c]) + y2 * w2[c]) + y3 * w3[c];\
-                    oz[c] = (((oz[c] + z0 * w0[c]) + z1 * w1[c]) + z2 * w2[c]) + z3 * w3[c];\
+                    ox[c] = (((ox[c] + x0 * w0[c]) + x1 * w1[c]) + x2 * w2[c])            \
+                            + x3 * w3[c];                                                 \
+                    oy[c] = (((oy[c] + y0 * w0[c]) + y1 * w1[c]) + y2 * w2[c])            \
+                            + y3 * w3[c];                                                 \
+                    oz[c] = (((oz[c] + z0 * w0[c]) + z1 * w1[c]) + z2 * w2[c])            \
+                            + z3 * w3[c];                                                 \
                 }                                                                         \
             }                                                                             \
             for (int i = 0; i < n; ++i) /* fewer rows, or the last s % 4 subspace rows */ \
