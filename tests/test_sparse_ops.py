@@ -130,3 +130,69 @@ def test_flat_failed_build_warns_and_matches_torch(monkeypatch):
         tried = SparseAutoencoder(compile=True, **common).fit(X)
     plain = SparseAutoencoder(compile=False, **common).fit(X)
     assert np.array_equal(tried.components_, plain.components_)
+
+
+@pytest.mark.parametrize("use_native", [False, pytest.param(True, marks=cc)])
+def test_centre_gives_the_decoder_bias_its_gradient_per_latent(use_native):
+    """Centring without a graph (``centre``) and passing the bias as ``center``: every
+    gradient equals dense autograd through ``x - b_dec``, and an input that wants its
+    gradient keeps the graph (no center) and gets it."""
+    from sklearn_hsae._models.common import centre, pre_activations, topk_select
+
+    gen = torch.Generator().manual_seed(5)
+    B, m, d, k = 40, 30, 9, 4
+    x = torch.randn(B, d, generator=gen, dtype=torch.float64)
+    W = torch.randn(m, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(m, generator=gen, dtype=torch.float64, requires_grad=True)
+    b_dec = torch.randn(d, generator=gen, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(B, k, generator=gen, dtype=torch.float64)
+
+    def loss(x, shortcut):
+        xc, center = centre(x, b_dec, shortcut=shortcut)
+        assert (center is b_dec) == (shortcut and not x.requires_grad)
+        assert xc.requires_grad == (center is None)
+        values, _ = topk_select(pre_activations(xc, W, b, use_native=use_native, center=center), k)
+        return (values * weights).pow(2).sum()
+
+    leaves = (W, b, b_dec)
+    ours = torch.autograd.grad(loss(x, True), leaves)
+    dense = torch.autograd.grad(loss(x, False), leaves)
+    for name, a, r in zip(("W", "b", "b_dec"), ours, dense):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12, msg=name)
+    assert ours[2].abs().sum() > 0
+    xg = x.clone().requires_grad_(True)  # attribution: the input's gradient too
+    grad_x, grad_b_dec = torch.autograd.grad(loss(xg, True), (xg, b_dec))
+    torch.testing.assert_close(grad_b_dec, dense[2], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_b_dec, -grad_x.sum(0), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="sparse encoder"):
+        pre_activations(x - b_dec.detach(), W, b, dense=True, center=b_dec)
+
+
+@pytest.mark.parametrize("workspace", [False, True])
+def test_squared_errors_match_mse_loss_and_its_gradients(workspace):
+    """The fused terms equal ``mse_loss(reduction="sum")`` of each reconstruction, in
+    value and in the gradients of every reconstruction and of x; the residuals it
+    turns into gradients in place refuse a second backward."""
+    import torch.nn.functional as F
+
+    from sklearn_hsae._models.common import squared_errors
+    from sklearn_hsae._models.workspace import Workspace
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(17, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    hats = [torch.randn(17, 6, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    coefs = (1.0, 0.3, 2.5)
+    ws = Workspace() if workspace else None
+    for _ in range(2):  # a second call reuses the workspace's buffers
+        sums = squared_errors(x, *hats, workspace=ws)
+        refs = [F.mse_loss(h, x, reduction="sum") for h in hats]
+        for s, r in zip(sums, refs):
+            torch.testing.assert_close(s, r, rtol=1e-14, atol=0)
+        ours = torch.autograd.grad(sum(c * s for c, s in zip(coefs, sums)), [x, *hats])
+        dense = torch.autograd.grad(sum(c * r for c, r in zip(coefs, refs)), [x, *hats])
+        for a, r in zip(ours, dense):
+            torch.testing.assert_close(a, r, rtol=1e-14, atol=1e-14)
+    sums = squared_errors(x, hats[0], workspace=ws)
+    sums[0].backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        sums[0].backward()

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import (
-    Codes, Dictionary, LossOutput, SAEBase, auxk_loss, level_l0, native_sparse, normalize_rows_,
-    pre_activations, remove_parallel_grad_, sparse_decode, squared_error, tied_init_, topk_select,
+    Codes, Dictionary, LossOutput, SAEBase, auxk_loss, centre, level_l0, native_sparse, normalize_rows_,
+    pre_activations, remove_parallel_grad_, sparse_decode, squared_errors, tied_init_, topk_select,
     update_dead_counter_,
 )
 from .workspace import Workspace
@@ -61,7 +61,8 @@ class FlatSAE(SAEBase):
         """Encoder pre-activations and the selected (values, indices), each (B, k')."""
         k = self.config.k
         pre = self.workspace.get("pre", (x.shape[0], self.config.n_latents), x.dtype, x.device)
-        enc = pre_activations(x - self.b_dec, self.W_enc, self.b_enc, out=pre, use_native=use_native)
+        xc, center = centre(x, self.b_dec)  # (B, d)
+        enc = pre_activations(xc, self.W_enc, self.b_enc, out=pre, use_native=use_native, center=center)
         if self.config.activation == "topk":
             values, indices = topk_select(enc, k)
             return enc, values, indices
@@ -100,17 +101,17 @@ class FlatSAE(SAEBase):
         use_native = native_sparse(self.compile_mode, x)
         enc, values, indices = self._encode(x, use_native)
         x_hat = sparse_decode(values, indices, self.W_dec, use_native) + self.b_dec
-        sq_error = squared_error(x, x_hat)
+        # Matryoshka: every shorter prefix reconstructs on its own too
+        parts = [sparse_decode(values * (indices < width), indices, self.W_dec, use_native) + self.b_dec
+                 for width in cfg.prefixes[:-1]]  # (B, d) each
+        sq_error, *sq_parts = squared_errors(x, x_hat, *parts, workspace=self.workspace)
         norm = x.shape[0] * self.loss_scale
         recon = sq_error / norm
         terms = {"recon": recon}
         total = recon
-        for width in cfg.prefixes[:-1]:  # Matryoshka: every shorter prefix on its own
-            inside = values * (indices < width)
-            part = sparse_decode(inside, indices, self.W_dec, use_native) + self.b_dec
-            prefix_loss = squared_error(x, part) / norm
-            terms[f"prefix{width}"] = prefix_loss
-            total = total + prefix_loss
+        for width, sq_part in zip(cfg.prefixes[:-1], sq_parts):
+            terms[f"prefix{width}"] = sq_part / norm
+            total = total + terms[f"prefix{width}"]
         update_dead_counter_(self.tokens_since_fired, indices, values)
         if cfg.aux_coef > 0:
             dead = self.tokens_since_fired > cfg.dead_tokens

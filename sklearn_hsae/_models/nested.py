@@ -59,7 +59,8 @@ from .common import (
     Encoded,
     LossOutput,
     auxk_loss,
-    squared_error,
+    centre,
+    squared_errors,
     SAEBase,
     level_l0,
     native_sparse,
@@ -219,11 +220,11 @@ class NestedSAE(SAEBase):
                 use_native: bool) -> list[tuple[Encoded, Tensor, Tensor, Tensor | None]]:
         """Per level (pre-activations, values (B, k), indices (B, k), allowed (B, w) or
         None for level 0), level after level: each needs the activity of the one above."""
-        xc = x - self.b_dec
+        xc, center = centre(x, self.b_dec)  # (B, d)
         out, active = [], None
         for li, level in enumerate(self.levels):
             shape = (x.shape[0], level.W_enc.shape[0])
-            enc = pre_activations(xc, level.W_enc, level.b_enc, use_native=use_native,
+            enc = pre_activations(xc, level.W_enc, level.b_enc, use_native=use_native, center=center,
                                   out=self.workspace.get(f"pre{li}", shape, x.dtype, x.device))
             if active is None:
                 allowed = None
@@ -257,9 +258,10 @@ class NestedSAE(SAEBase):
         use_native = native_sparse(self.compile_mode, x)
         encoded = self._encode(x, use_native)
         total, terms = x.new_zeros(()), {}
-        for li, (level, (enc, v, i, allowed), x_hat) in enumerate(
-                zip(self.levels, encoded, self._prefixes(encoded, use_native))):
-            sq_error = squared_error(x, x_hat)
+        x_hats = self._prefixes(encoded, use_native)
+        sq_errors = squared_errors(x, *x_hats, workspace=self.workspace)
+        for li, (level, (enc, v, i, allowed), x_hat, sq_error) in enumerate(
+                zip(self.levels, encoded, x_hats, sq_errors)):
             terms[f"recon{li}"] = sq_error / norm  # Eq. 7: every prefix reconstructs x
             total = total + terms[f"recon{li}"]
             update_dead_counter_(level.tokens_since_fired, i, v)

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import (
-    Codes, Dictionary, Encoded, LossOutput, SAEBase, auxk_loss, bi_orthogonality,
+    Codes, Dictionary, Encoded, LossOutput, SAEBase, auxk_loss, bi_orthogonality, centre,
     level_l0, native_sparse, normalize_rows_, pre_activations, remove_parallel_grad_,
-    sparse_decode, spread_unit_vectors, squared_error, topk_select, update_dead_counter_,
+    sparse_decode, spread_unit_vectors, squared_errors, topk_select, update_dead_counter_,
 )
 from .fused import kernels_for
 from .grouped import make_route, routed_down, routed_up, select_children
@@ -134,12 +134,12 @@ class RoutedSAE(SAEBase):
         values and indices, which it does not read (~3-6 ms of gathers at B = 4096)."""
         cfg = self.config
         B, C = x.shape[0], cfg.n_children
-        xc = x - self.b_dec  # (B, d)
+        xc, center = centre(x, self.b_dec, shortcut=cfg.l1_coef == 0)  # (B, d)
         use_native = native_sparse(self.compile_mode, x)
         # The L1 on every pre-activation needs the dense encoder gradient.
         enc = pre_activations(xc, self.W_enc, self.b_enc, dense=cfg.l1_coef > 0,
                               out=self.workspace.get("pre", (B, cfg.n_parents), x.dtype, x.device),
-                              use_native=use_native)
+                              use_native=use_native, center=center)
         values, indices = topk_select(enc, cfg.k)  # (B, k)
         x_par = sparse_decode(values, indices, self.W_dec, use_native) + self.b_dec  # (B, d)
 
@@ -191,9 +191,10 @@ class RoutedSAE(SAEBase):
         inner = self._forward(x, slots=False)
         codes = inner.codes
         B = x.shape[0]
-        sq_error = squared_error(x, codes.x_hat)
+        sq_error, sq_error_parents = squared_errors(x, codes.x_hat, codes.x_hat_parents,
+                                                   workspace=self.workspace)
         recon = sq_error / (B * self.loss_scale)
-        parents_only = squared_error(x, codes.x_hat_parents) / (B * self.loss_scale)
+        parents_only = sq_error_parents / (B * self.loss_scale)
         total = recon + cfg.beta * parents_only
         terms = {"recon": recon, "parents_only": parents_only}
 

@@ -106,10 +106,14 @@ def _native_ok(use_native: bool, *tensors: Tensor) -> bool:
 
 
 class _SelectLinear(torch.autograd.Function):
-    """``(x @ W.T + b)[b, indices[b, j]]`` from a precomputed ``pre``; sparse backward."""
+    """``(x @ W.T + b)[b, indices[b, j]]`` from a precomputed ``pre``; sparse backward.
+
+    ``center`` (d,) or None: the vector x was centred by without a graph (x = input -
+    center); its gradient ``-sum_b grad_x[b]`` is ``-(sum of grad per latent) @ W``, m d
+    multiply-adds instead of a (B, d) ``grad_x`` and its sum over the batch."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, indices, pre, use_native):
+    def forward(ctx, x, weight, bias, indices, pre, use_native, center):
         ctx.save_for_backward(x, weight, indices)
         ctx.use_native = use_native
         return pre.gather(1, indices)
@@ -117,7 +121,7 @@ class _SelectLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, indices = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
+        grad_x = grad_w = grad_b = grad_center = None
         if ctx.needs_input_grad[0]:  # embedding_bag beats kernels.c's pair_sum (see below)
             grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad, mode="sum")
         if ctx.needs_input_grad[1] and ctx.use_native:
@@ -126,9 +130,13 @@ class _SelectLinear(torch.autograd.Function):
                                          route.start).view_as(weight)
         elif ctx.needs_input_grad[1]:
             grad_w = scatter_outer(indices, grad, x, weight.shape[0])
-        if ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[6]:  # (m,) sums per latent
             grad_b = grad.new_zeros(weight.shape[0]).index_add_(0, indices.reshape(-1), grad.reshape(-1))
-        return grad_x, grad_w, grad_b, None, None, None
+        if ctx.needs_input_grad[6]:
+            grad_center = -(grad_b @ weight)  # (d,)
+        if not ctx.needs_input_grad[2]:
+            grad_b = None
+        return grad_x, grad_w, grad_b, None, None, None, grad_center
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -168,13 +176,16 @@ class _SparseDecode(torch.autograd.Function):
 
 
 def select_linear(x: Tensor, weight: Tensor, bias: Tensor, indices: Tensor, pre: Tensor,
-                  use_native: bool = False) -> Tensor:
+                  use_native: bool = False, center: Tensor | None = None) -> Tensor:
     """The selected pre-activations with gradients to x, weight and bias of those only.
 
     x (B, d), weight (m, d), bias (m,), indices (B, j), pre (B, m) = x @ weight.T + bias
     computed without a graph -> (B, j). ``use_native``: the backward through ``kernels.c``.
+    ``center`` (d,): x is ``input - center`` computed without a graph, and center gets
+    the gradient that would have flowed through x (see ``_SelectLinear``).
     """
-    return _SelectLinear.apply(x, weight, bias, indices, pre, _native_ok(use_native, x, indices))
+    return _SelectLinear.apply(x, weight, bias, indices, pre, _native_ok(use_native, x, indices),
+                               center)
 
 
 def sparse_decode(values: Tensor, indices: Tensor, weight: Tensor, use_native: bool = False) -> Tensor:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .common import (
     Codes, Dictionary, LossOutput, auxk_loss, geometric_median, level_l0, native_sparse,
-    normalize_rows_, pre_activations, remove_parallel_grad_, sparse_decode, squared_error,
+    centre, normalize_rows_, pre_activations, remove_parallel_grad_, sparse_decode, squared_error,
     tied_init_, topk_select, update_dead_counter_,
 )
 from .jumprelu import count_active, jump_relu
@@ -171,8 +171,9 @@ class TreeSAE(nn.Module):
         # JumpReLU's thresholds learn from every pre-activation: dense encoder there.
         dense = self.config.sparsity == "l0"
         pre = self.workspace.get(f"pre{id(level)}", (x.shape[0], level.W_enc.shape[0]), x.dtype, x.device)
-        enc = pre_activations(x - level.b_dec, level.W_enc, level.b_enc, dense=dense,
-                              out=None if dense else pre, use_native=use_native)
+        xc, center = centre(x, level.b_dec, shortcut=not dense)  # (B, d)
+        enc = pre_activations(xc, level.W_enc, level.b_enc, dense=dense,
+                              out=None if dense else pre, use_native=use_native, center=center)
         if self.config.sparsity == "topk":
             values, indices = topk_select(enc, self.config.k)  # (B, k)
             return enc, values, indices, None
