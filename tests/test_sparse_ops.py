@@ -180,7 +180,8 @@ def test_squared_errors_match_mse_loss_and_its_gradients(workspace):
 
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(17, 6, generator=gen, dtype=torch.float64, requires_grad=True)
-    hats = [torch.randn(17, 6, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    hats = [torch.randn(17, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+            for _ in range(3)]
     coefs = (1.0, 0.3, 2.5)
     ws = Workspace() if workspace else None
     for _ in range(2):  # a second call reuses the workspace's buffers

@@ -277,10 +277,12 @@ class _SquaredErrors(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = -torch.stack(out).sum(0) if len(out) > 1 else -out[0]
-        return (grad_x, None, *(g if need else None for g, need in zip(out, ctx.needs_input_grad[2:])))
+        wanted = ctx.needs_input_grad[2:]
+        return (grad_x, None, *(g if need else None for g, need in zip(out, wanted)))
 
 
-def squared_errors(x: Tensor, *x_hats: Tensor, workspace: Workspace | None = None) -> tuple[Tensor, ...]:
+def squared_errors(x: Tensor, *x_hats: Tensor,
+                   workspace: Workspace | None = None) -> tuple[Tensor, ...]:
     """``squared_error(x, x_hat)`` of several reconstructions, as one fused op (see
     ``_SquaredErrors``); a tuple of scalars, differentiable in every x_hat and in x.
     ``workspace``: reused buffers for the (B, d) residuals, which the backward turns

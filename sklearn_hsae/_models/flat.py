@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import (
-    Codes, Dictionary, LossOutput, SAEBase, auxk_loss, centre, level_l0, native_sparse, normalize_rows_,
-    pre_activations, remove_parallel_grad_, sparse_decode, squared_errors, tied_init_, topk_select,
-    update_dead_counter_,
+    Codes, Dictionary, LossOutput, SAEBase, auxk_loss, centre, level_l0, native_sparse,
+    normalize_rows_, pre_activations, remove_parallel_grad_, sparse_decode, squared_errors,
+    tied_init_, topk_select, update_dead_counter_,
 )
 from .workspace import Workspace
 
@@ -62,7 +62,8 @@ class FlatSAE(SAEBase):
         k = self.config.k
         pre = self.workspace.get("pre", (x.shape[0], self.config.n_latents), x.dtype, x.device)
         xc, center = centre(x, self.b_dec)  # (B, d)
-        enc = pre_activations(xc, self.W_enc, self.b_enc, out=pre, use_native=use_native, center=center)
+        enc = pre_activations(xc, self.W_enc, self.b_enc, out=pre, use_native=use_native,
+                              center=center)
         if self.config.activation == "topk":
             values, indices = topk_select(enc, k)
             return enc, values, indices
@@ -102,8 +103,8 @@ class FlatSAE(SAEBase):
         enc, values, indices = self._encode(x, use_native)
         x_hat = sparse_decode(values, indices, self.W_dec, use_native) + self.b_dec
         # Matryoshka: every shorter prefix reconstructs on its own too
-        parts = [sparse_decode(values * (indices < width), indices, self.W_dec, use_native) + self.b_dec
-                 for width in cfg.prefixes[:-1]]  # (B, d) each
+        parts = [sparse_decode(values * (indices < width), indices, self.W_dec, use_native)
+                 + self.b_dec for width in cfg.prefixes[:-1]]  # (B, d) each
         sq_error, *sq_parts = squared_errors(x, x_hat, *parts, workspace=self.workspace)
         norm = x.shape[0] * self.loss_scale
         recon = sq_error / norm

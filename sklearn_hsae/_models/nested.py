@@ -224,8 +224,9 @@ class NestedSAE(SAEBase):
         out, active = [], None
         for li, level in enumerate(self.levels):
             shape = (x.shape[0], level.W_enc.shape[0])
-            enc = pre_activations(xc, level.W_enc, level.b_enc, use_native=use_native, center=center,
-                                  out=self.workspace.get(f"pre{li}", shape, x.dtype, x.device))
+            pre = self.workspace.get(f"pre{li}", shape, x.dtype, x.device)
+            enc = pre_activations(xc, level.W_enc, level.b_enc, use_native=use_native,
+                                  center=center, out=pre)
             if active is None:
                 allowed = None
                 values, indices = topk_select(enc, self.config.k)  # (B, k)
