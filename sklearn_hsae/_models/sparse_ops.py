@@ -130,12 +130,12 @@ class _SelectLinear(torch.autograd.Function):
                                          route.start).view_as(weight)
         elif ctx.needs_input_grad[1]:
             grad_w = scatter_outer(indices, grad, x, weight.shape[0])
-        if ctx.needs_input_grad[2] or ctx.needs_input_grad[6]:  # (m,) sums per latent
-            grad_b = grad.new_zeros(weight.shape[0]).index_add_(0, indices.reshape(-1), grad.reshape(-1))
-        if ctx.needs_input_grad[6]:
-            grad_center = -(grad_b @ weight)  # (d,)
-        if not ctx.needs_input_grad[2]:
-            grad_b = None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[6]:
+            per_latent = grad.new_zeros(weight.shape[0]).index_add_(
+                0, indices.reshape(-1), grad.reshape(-1))  # (m,) the bias's gradient
+            grad_b = per_latent if ctx.needs_input_grad[2] else None
+            if ctx.needs_input_grad[6]:
+                grad_center = -(per_latent @ weight)  # (d,)
         return grad_x, grad_w, grad_b, None, None, None, grad_center
 
 
